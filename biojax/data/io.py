@@ -1,0 +1,248 @@
+"""Reading and writing reference datasets; per-species reference energies; splits.
+
+Every reader returns a list of ``Structure`` records in ASE units (Å, eV, eV/Å, eV/Å³).
+Files in other units are converted when read and the reader says so on stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from biojax.errors import DataError
+
+KCAL_MOL_TO_EV = 0.0433641043  # 1 kcal/mol in eV (ase.units.kcal / ase.units.mol)
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """One labelled configuration. Arrays are float64 numpy; labels may be None."""
+
+    numbers: np.ndarray  # (N,) atomic numbers
+    positions: np.ndarray  # (N, 3) Å
+    cell: np.ndarray  # (3, 3) Å, rows are lattice vectors
+    pbc: np.ndarray  # (3,) bool
+    energy: float | None = None  # eV
+    forces: np.ndarray | None = None  # (N, 3) eV/Å
+    stress: np.ndarray | None = None  # (3, 3) eV/Å³ (ASE sign: positive = tensile)
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    @property
+    def periodic(self) -> bool:
+        return bool(np.any(self.pbc))
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell))) if self.periodic else 0.0
+
+    def to_atoms(self):
+        """The ASE Atoms form, with labels attached as a SinglePointCalculator."""
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell,
+                      pbc=self.pbc)
+        results = {}
+        if self.energy is not None:
+            results["energy"] = self.energy
+        if self.forces is not None:
+            results["forces"] = self.forces
+        if self.stress is not None:
+            s = self.stress
+            results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        return atoms
+
+
+_ENERGY_KEYS = ("energy", "REF_energy", "Energy", "free_energy", "DFT_energy")
+_FORCE_KEYS = ("forces", "REF_forces", "force", "DFT_forces")
+_STRESS_KEYS = ("stress", "REF_stress", "virial_stress", "DFT_stress")
+
+
+def _voigt_to_matrix(s) -> np.ndarray:
+    s = np.asarray(s, dtype=np.float64).reshape(-1)
+    if s.size == 9:
+        return s.reshape(3, 3)
+    if s.size == 6:
+        xx, yy, zz, yz, xz, xy = s
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise ValueError(f"stress must have 6 or 9 components, got {s.size}")
+
+
+def structure_from_atoms(atoms, where: str = "structure") -> Structure:
+    """Convert an ASE Atoms (labels from its calculator, info or arrays) to a Structure."""
+    results = dict(getattr(atoms.calc, "results", {}) or {}) if atoms.calc is not None else {}
+    energy = results.get("energy")
+    forces = results.get("forces")
+    stress = results.get("stress")
+    for key in _ENERGY_KEYS:
+        if energy is None and key in atoms.info:
+            energy = atoms.info[key]
+    for key in _FORCE_KEYS:
+        if forces is None and key in atoms.arrays:
+            forces = atoms.arrays[key]
+    for key in _STRESS_KEYS:
+        if stress is None and key in atoms.info:
+            stress = atoms.info[key]
+    positions = np.asarray(atoms.get_positions(), dtype=np.float64)
+    if not np.all(np.isfinite(positions)):
+        raise DataError(f"{where}: coordinates contain NaN or infinite values")
+    try:
+        energy = None if energy is None else float(energy)
+        forces = None if forces is None else np.asarray(forces, dtype=np.float64).reshape(-1, 3)
+        stress = None if stress is None else _voigt_to_matrix(stress)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: malformed label: {exc}") from None
+    if forces is not None and forces.shape[0] != len(atoms):
+        raise DataError(f"{where}: {forces.shape[0]} force rows for {len(atoms)} atoms")
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    return Structure(
+        numbers=np.asarray(atoms.get_atomic_numbers(), dtype=np.int64),
+        positions=positions,
+        cell=np.asarray(atoms.get_cell().array, dtype=np.float64),
+        pbc=pbc,
+        energy=energy,
+        forces=forces,
+        stress=stress if pbc.any() else None,
+    )
+
+
+def read_dataset(path: str | os.PathLike, index: str = ":") -> list[Structure]:
+    """Read labelled structures from any ASE-readable file or an sGDML/MD17 ``.npz``.
+
+    ``.npz`` files hold R (Å), z, E and F in kcal/mol and kcal/mol/Å; they are converted
+    to eV and eV/Å (and a note says so on stderr).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    if path.endswith(".npz"):
+        return _read_npz(path)
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index=index)
+    except Exception as exc:  # ASE raises many types on malformed input
+        raise DataError(f"{path}: cannot be read as a structure file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise DataError(f"{path}: contains no structures")
+    return [structure_from_atoms(a, f"{path} frame {i}") for i, a in enumerate(frames)]
+
+
+def _read_npz(path: str) -> list[Structure]:
+    try:
+        data = np.load(path)
+        R, z = np.asarray(data["R"], np.float64), np.asarray(data["z"], np.int64)
+    except KeyError as exc:
+        raise DataError(f"{path}: missing array {exc} (sGDML/MD17 files have R, z, E, F)") from None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
+    if R.ndim != 3 or R.shape[1:] != (z.shape[0], 3):
+        raise DataError(f"{path}: R has shape {R.shape}, expected (frames, {z.shape[0]}, 3)")
+    E = np.asarray(data["E"], np.float64).reshape(-1) * KCAL_MOL_TO_EV if "E" in data else None
+    F = np.asarray(data["F"], np.float64) * KCAL_MOL_TO_EV if "F" in data else None
+    print(f"biojax: {path}: energies and forces converted from kcal/mol to eV "
+          f"(1 kcal/mol = {KCAL_MOL_TO_EV} eV)", file=sys.stderr)
+    out = []
+    for i in range(R.shape[0]):
+        if not np.all(np.isfinite(R[i])):
+            raise DataError(f"{path} frame {i}: coordinates contain NaN or infinite values")
+        out.append(Structure(numbers=z, positions=R[i], cell=np.zeros((3, 3)),
+                             pbc=np.zeros(3, bool),
+                             energy=None if E is None else float(E[i]),
+                             forces=None if F is None else F[i]))
+    return out
+
+
+def write_extxyz(structures: Iterable[Structure], path: str | os.PathLike) -> None:
+    """Write structures (with their labels) to extended XYZ, atomically."""
+    import ase.io
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".extxyz.tmp")
+    os.close(fd)
+    try:
+        ase.io.write(tmp, [s.to_atoms() for s in structures], format="extxyz")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def require_labels(structures: Sequence[Structure], path: str, energy: bool, forces: bool,
+                   stress: bool) -> None:
+    """Raise DataError naming the first frame that lacks a label the loss weights."""
+    for i, s in enumerate(structures):
+        if energy and s.energy is None:
+            raise DataError(f"{path} frame {i}: no energy, but the energy loss weight is > 0")
+        if forces and s.forces is None:
+            raise DataError(f"{path} frame {i}: no forces, but the force loss weight is > 0 "
+                            "(set forces_weight = 0 to train on energies only)")
+        if stress and s.periodic and s.stress is None:
+            raise DataError(f"{path} frame {i}: periodic frame without stress, but the "
+                            "stress loss weight is > 0")
+
+
+def elements_of(structures: Iterable[Structure]) -> tuple[int, ...]:
+    """Sorted atomic numbers present in the structures."""
+    return tuple(sorted({int(z) for s in structures for z in s.numbers}))
+
+
+def read_isolated_atoms(path: str | os.PathLike) -> dict[int, float]:
+    """Per-element reference energies (eV) from a file of single-atom labelled frames."""
+    out = {}
+    for i, s in enumerate(read_dataset(path)):
+        if s.n_atoms != 1 or s.energy is None:
+            raise DataError(f"{path} frame {i}: expected one atom with an energy")
+        out[int(s.numbers[0])] = s.energy
+    return out
+
+
+def fit_reference_energies(structures: Sequence[Structure],
+                           elements: Sequence[int]) -> np.ndarray:
+    """Least-squares per-element energies (eV) so that E ≈ Σ_atoms e[element]."""
+    counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], float)
+    energies = np.array([s.energy for s in structures], float)
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return solution
+
+
+def reference_energies_for(structures: Sequence[Structure], elements: Sequence[int],
+                           isolated_atoms: str | None = None) -> np.ndarray:
+    """Per-element reference energies: from an isolated-atoms file if given, else fitted."""
+    if isolated_atoms is None:
+        return fit_reference_energies(structures, elements)
+    table = read_isolated_atoms(isolated_atoms)
+    missing = [z for z in elements if z not in table]
+    if missing:
+        from ase.data import chemical_symbols
+        raise DataError(f"{isolated_atoms}: no isolated-atom energy for "
+                        f"{', '.join(chemical_symbols[z] for z in missing)}")
+    return np.array([table[z] for z in elements], float)
+
+
+def split_indices(n: int, n_valid: int | float, n_test: int | float = 0,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random train/validation/test index split; sizes as counts or fractions of n."""
+    def count(x):
+        return int(round(x * n)) if isinstance(x, float) and x < 1 else int(x)
+
+    n_valid, n_test = count(n_valid), count(n_test)
+    if n_valid + n_test >= n:
+        raise DataError(f"cannot hold out {n_valid} validation and {n_test} test frames "
+                        f"from {n} frames")
+    order = np.random.default_rng(seed).permutation(n)
+    return order[n_valid + n_test:], order[:n_valid], order[n_valid:n_valid + n_test]

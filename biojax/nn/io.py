@@ -1,0 +1,119 @@
+"""Saving and loading a Potential as one directory.
+
+Layout (format version 1)::
+
+    MODEL_DIR/potential.json   architecture, cutoff, elements, reference energies,
+                               units, dtype, biojax version, format_version
+    MODEL_DIR/params.msgpack   the parameter pytree (flax msgpack of numpy arrays)
+
+The loader accepts every format version up to its own and fills defaults for keys added
+later, so a model written by this version stays loadable by later ones. The directory is
+written to a temporary sibling and renamed into place, so a crash never leaves a
+half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+from flax import serialization
+
+from biojax.errors import ModelError
+from biojax.nn.potential import Potential
+
+FORMAT_VERSION = 1
+_META_FILE = "potential.json"
+_PARAMS_FILE = "params.msgpack"
+
+
+def save_potential(potential: Potential, directory: str | os.PathLike,
+                   extra: dict | None = None) -> None:
+    """Write ``potential`` to ``directory`` atomically (replacing an existing one)."""
+    from biojax import __version__
+
+    directory = os.path.abspath(os.fspath(directory))
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    leaves = jax.tree_util.tree_leaves(potential.params)
+    dtype = str(np.asarray(leaves[0]).dtype) if leaves else "float32"
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "biojax_version": __version__,
+        "architecture": potential.architecture,
+        "cutoff": potential.cutoff,
+        "elements": list(potential.elements),
+        "reference_energies": list(potential.reference_energies),
+        "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
+                  "stress": "eV/Angstrom^3"},
+        "dtype": dtype,
+        "params_file": _PARAMS_FILE,
+        **(extra or {}),
+    }
+    params = jax.tree_util.tree_map(np.asarray, potential.params)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".model-tmp-")
+    try:
+        with open(os.path.join(tmp, _PARAMS_FILE), "wb") as f:
+            f.write(serialization.msgpack_serialize(_to_plain(params)))
+        with open(os.path.join(tmp, _META_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+        old = None
+        if os.path.exists(directory):
+            old = directory + ".old-" + os.path.basename(tmp)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _to_plain(tree):
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        return {k: _to_plain(v) for k, v in tree.items()}
+    return tree
+
+
+def load_potential(directory: str | os.PathLike) -> Potential:
+    """Load a Potential saved by ``save_potential`` (any format version ≤ current)."""
+    from biojax.nn.models import build_model
+
+    directory = os.fspath(directory)
+    meta_path = os.path.join(directory, _META_FILE)
+    if not os.path.isdir(directory):
+        raise ModelError(f"model directory not found: {directory}")
+    if not os.path.isfile(meta_path):
+        raise ModelError(f"{directory}: not a biojax model (no {_META_FILE})")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{meta_path}: malformed JSON: {exc}") from None
+    version = int(meta.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise ModelError(f"{directory}: written with model format {version} by biojax "
+                         f"{meta.get('biojax_version')}; this biojax reads up to {FORMAT_VERSION}")
+    try:
+        elements = tuple(int(z) for z in meta["elements"])
+        cutoff = float(meta["cutoff"])
+        architecture = dict(meta["architecture"])
+        reference = tuple(float(e) for e in meta.get("reference_energies", [0.0] * len(elements)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: missing or malformed field {exc}") from None
+    params_path = os.path.join(directory, meta.get("params_file", _PARAMS_FILE))
+    try:
+        with open(params_path, "rb") as f:
+            params = serialization.msgpack_restore(f.read())
+    except FileNotFoundError:
+        raise ModelError(f"{directory}: parameter file {os.path.basename(params_path)} missing") from None
+    except Exception as exc:
+        raise ModelError(f"{params_path}: cannot be read ({exc})") from None
+    model = build_model(architecture, len(elements), cutoff)
+    params = jax.tree_util.tree_map(jax.numpy.asarray, params)
+    return Potential(model=model, params=params, cutoff=cutoff, elements=elements,
+                     reference_energies=reference, architecture=architecture)
