@@ -145,7 +145,8 @@ class GraphDataset:
     """Structures with cached graphs, species and reference energies, ready to batch."""
 
     def __init__(self, structures: Sequence[Structure], cutoff: float, species_of,
-                 reference_energy_of):
+                 reference_energy_of, dtype=np.float32):
+        self.dtype = dtype
         self.structures = list(structures)
         self.graphs = [build_graph(s, cutoff) for s in self.structures]
         self.species = [species_of(s.numbers) for s in self.structures]
@@ -163,4 +164,4 @@ class GraphDataset:
             idx = order[start:start + batch_size]
             yield batch_graphs([self.structures[i] for i in idx], [self.graphs[i] for i in idx],
                                [self.species[i] for i in idx], [self.reference[i] for i in idx],
-                               n_graphs=batch_size + 1)
+                               n_graphs=batch_size + 1, dtype=self.dtype)

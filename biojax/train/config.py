@@ -1,0 +1,89 @@
+"""The training configuration: one TOML file with [data], [model] and [training] tables."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from biojax.config import from_dict, load_toml
+from biojax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the reference data comes from and how it is split (sizes: counts or fractions)."""
+
+    train_file: str = ""
+    valid_file: str = ""  # empty: split from train_file
+    test_file: str = ""  # optional held-out set evaluated at the end
+    isolated_atoms: str = ""  # empty: reference energies by least squares
+    n_train: int = 0  # 0: all remaining frames
+    n_valid: float = 0.1
+    n_test: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_valid < 0 or self.n_test < 0 or self.n_train < 0:
+            raise ValueError("n_train, n_valid and n_test must be ≥ 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Optimiser, loss and stopping. Learning rate is the peak of a warm-up/cosine schedule."""
+
+    epochs: int = 100
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    final_learning_rate_fraction: float = 0.02
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.0
+    clip_norm: float = 10.0
+    ema_decay: float = 0.99
+    energy_weight: float = 1.0  # on (ΔE / N_atoms)², eV²
+    forces_weight: float = 10.0  # on |ΔF|² per component, (eV/Å)²
+    stress_weight: float = 0.0  # on |Δσ|² per component, (eV/Å³)²
+    patience: int = 30  # epochs without validation improvement before stopping
+    max_minutes: float = 0.0  # wall-clock budget for training; 0: none
+    seed: int = 0
+    precision: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        if min(self.energy_weight, self.forces_weight, self.stress_weight) < 0:
+            raise ValueError("loss weights must be ≥ 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError("ema_decay must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The whole ``biojax train`` configuration. ``model`` holds ``name``, ``cutoff`` (Å)
+    and the architecture's hyperparameters (see biojax.nn.models)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"name": "painn", "cutoff": 5.0})
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.model.get("cutoff", 5.0))
+
+    @property
+    def architecture(self) -> dict:
+        return {k: v for k, v in self.model.items() if k != "cutoff"}
+
+
+def load_train_config(path: str) -> TrainConfig:
+    """Read and validate a training TOML file; relative data paths are kept as written."""
+    config = from_dict(TrainConfig, load_toml(path), where=path)
+    from biojax.nn.models import build_model
+
+    build_model(config.architecture, 1, config.cutoff)  # validate model keys early
+    if config.cutoff <= 0:
+        raise ConfigError(f"{path}: [model] cutoff must be > 0 Å, got {config.cutoff}")
+    return config

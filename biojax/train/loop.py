@@ -1,0 +1,317 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+Pure jitted step functions over an explicit TrainState; AdamW with warm-up and cosine
+decay, gradient clipping, an exponential moving average (EMA) of the parameters that is
+what gets validated and saved, early stopping and a wall-clock budget. A checkpoint is
+written atomically after every epoch; ``resume=True`` restores it and continues with the
+same numbers an uninterrupted run would give (the shuffle of epoch k depends only on the
+seed and k).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from biojax.config import to_dict
+from biojax.data.graphs import GraphDataset
+from biojax.data.io import (Structure, elements_of, read_dataset, reference_energies_for,
+                            require_labels, split_indices)
+from biojax.errors import ConfigError, DataError
+from biojax.nn.io import save_potential
+from biojax.nn.models import init_potential
+from biojax.nn.potential import Potential
+from biojax.train.config import TrainConfig
+from biojax.train.losses import ErrorAccumulator, predict, weighted_loss
+
+CHECKPOINT_FILE = "checkpoint.msgpack"
+METRICS_LOG = "metrics.jsonl"
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    step: jax.Array
+
+
+# ---------------------------------------------------------------- pure pieces
+def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW on a linear warm-up + cosine decay schedule."""
+    total = max(cfg.epochs * steps_per_epoch, 2)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=cfg.learning_rate * 0.01, peak_value=cfg.learning_rate,
+        warmup_steps=max(warmup, 1), decay_steps=total,
+        end_value=cfg.learning_rate * cfg.final_learning_rate_fraction)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                       optax.adamw(schedule, weight_decay=cfg.weight_decay))
+
+
+def make_train_step(potential: Potential, tx, cfg) -> Callable:
+    """jit(state, batch) -> (state, loss): one optimiser step and an EMA update."""
+
+    def loss_fn(params, batch):
+        return weighted_loss(potential, params, batch, cfg.energy_weight, cfg.forces_weight,
+                             cfg.stress_weight)
+
+    @jax.jit
+    def step(state: TrainState, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # EMA with a short warm-up so early averages are not dominated by the random init
+        decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p,
+                                     state.ema_params, params)
+        return TrainState(params, opt_state, ema, state.step + 1), loss
+
+    return step
+
+
+def make_predict_fn(potential: Potential, compute_stress: bool) -> Callable:
+    """jit(params, batch) -> (energies, forces, stress|None)."""
+    return jax.jit(lambda params, batch: predict(potential, params, batch, compute_stress))
+
+
+def evaluate_dataset(dataset: GraphDataset, params, predict_fn: Callable,
+                     batch_size: int) -> dict:
+    """Energy/force(/stress) MAE and RMSE (meV, meV/atom, meV/Å) of ``params`` on a dataset."""
+    acc = ErrorAccumulator()
+    for batch in dataset.batches(batch_size):
+        energy, forces, stress = predict_fn(params, batch)
+        acc.add(batch, energy, forces, stress)
+    return acc.metrics()
+
+
+def validation_loss(metrics: dict, cfg) -> float:
+    """The training loss evaluated from validation RMSEs (eV units) for early stopping."""
+    loss = cfg.energy_weight * (metrics.get("energy_per_atom_rmse", 0.0) / 1000) ** 2
+    loss += cfg.forces_weight * (metrics.get("forces_rmse", 0.0) / 1000) ** 2
+    loss += cfg.stress_weight * (metrics.get("stress_rmse", 0.0) / 1000) ** 2
+    return float(loss)
+
+
+def per_species_scale_shift(structures: list[Structure], species_of, reference_energy_of,
+                            n_species: int) -> tuple[float, tuple[float, ...]]:
+    """Scale (eV: RMS force component, else per-atom energy spread) and per-species shift
+    (eV/atom: least-squares fit of the energy left after reference energies)."""
+    counts = np.zeros((len(structures), n_species))
+    residual = np.zeros(len(structures))
+    for i, s in enumerate(structures):
+        counts[i] = np.bincount(species_of(s.numbers), minlength=n_species)
+        residual[i] = (s.energy or 0.0) - reference_energy_of(s.numbers)
+    shifts, *_ = np.linalg.lstsq(counts, residual, rcond=None)
+    forces = [s.forces for s in structures if s.forces is not None]
+    if forces:
+        scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2)))
+    else:
+        scale = float(np.std((residual - counts @ shifts) / counts.sum(1)))
+    return max(scale, 1e-3), tuple(float(x) for x in shifts)
+
+
+# ---------------------------------------------------------------- data
+def load_splits(config: TrainConfig, log=print) -> dict[str, list[Structure]]:
+    """Train/validation/test structures as the [data] table asks (files or seeded splits)."""
+    d = config.data
+    if not d.train_file:
+        raise ConfigError("[data] train_file is required (or pass --train-file)")
+    frames = read_dataset(d.train_file)
+    n_valid = 0 if d.valid_file else d.n_valid
+    n_test = 0 if d.test_file else d.n_test
+    train_idx, valid_idx, test_idx = split_indices(len(frames), n_valid, n_test, d.seed)
+    if d.n_train:
+        if d.n_train > len(train_idx):
+            raise DataError(f"{d.train_file}: n_train = {d.n_train} but only "
+                            f"{len(train_idx)} frames remain after the split")
+        train_idx = train_idx[:d.n_train]
+    splits = {
+        "train": [frames[i] for i in train_idx],
+        "valid": read_dataset(d.valid_file) if d.valid_file else [frames[i] for i in valid_idx],
+        "test": read_dataset(d.test_file) if d.test_file else [frames[i] for i in test_idx],
+    }
+    t = config.training
+    for name, structures in splits.items():
+        path = {"train": d.train_file, "valid": d.valid_file or d.train_file,
+                "test": d.test_file or d.train_file}[name]
+        require_labels(structures, path, t.energy_weight > 0, t.forces_weight > 0,
+                       t.stress_weight > 0)
+    if not splits["valid"]:
+        raise DataError("the validation set is empty: set [data] n_valid > 0 or valid_file")
+    log(f"data: {len(splits['train'])} train, {len(splits['valid'])} validation, "
+        f"{len(splits['test'])} test structures")
+    return splits
+
+
+# ---------------------------------------------------------------- checkpoints
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(path: str, state: TrainState, progress: dict, best_params) -> None:
+    payload = {"state": serialization.to_state_dict(state),
+               "best_params": serialization.to_state_dict(best_params),
+               "progress": json.dumps(progress)}
+    _atomic_write_bytes(path, serialization.msgpack_serialize(
+        jax.tree_util.tree_map(np.asarray, payload)))
+
+
+def _load_checkpoint(path: str, template_state: TrainState):
+    with open(path, "rb") as f:
+        payload = serialization.msgpack_restore(f.read())
+    state = serialization.from_state_dict(template_state, payload["state"])
+    best = serialization.from_state_dict(template_state.params, payload["best_params"])
+    return state, best, json.loads(payload["progress"])
+
+
+def _truncate_log(path: str, last_epoch: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------- the loop
+def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
+                       log: Callable[[str], None] = print) -> dict:
+    """Train a potential as ``config`` says; write ``workdir/model/``, ``metrics.json``,
+    ``metrics.jsonl`` and ``checkpoint.msgpack``. Returns the final metrics."""
+    t = config.training
+    os.makedirs(workdir, exist_ok=True)
+    ckpt_path = os.path.join(workdir, CHECKPOINT_FILE)
+    log_path = os.path.join(workdir, METRICS_LOG)
+    config_json = json.dumps(to_dict(config), sort_keys=True)
+    if os.path.exists(ckpt_path) and not resume:
+        raise ConfigError(f"{workdir} already holds a training run; pass --resume to "
+                          "continue it or choose another --out")
+    if resume and not os.path.exists(ckpt_path):
+        log(f"no checkpoint in {workdir}; starting a new run")
+        resume = False
+
+    dtype = np.float64 if t.precision == "float64" else np.float32
+    if dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)  # the run's boundary: float64 asked for
+    splits = load_splits(config, log)
+    elements = elements_of(splits["train"])
+    isolated = config.data.isolated_atoms or None
+    reference = reference_energies_for(splits["train"], elements, isolated)
+    base = init_potential({"name": config.architecture["name"]}, elements, config.cutoff,
+                          reference)
+    scale, shifts = per_species_scale_shift(splits["train"], base.species_of,
+                                            base.reference_energy, len(elements))
+    architecture = {**config.architecture, "atomic_scale": scale, "atomic_shifts": shifts}
+    potential = init_potential(architecture, elements, config.cutoff, reference,
+                               key=jax.random.PRNGKey(t.seed), dtype=dtype)
+    datasets = {name: GraphDataset(s, config.cutoff, potential.species_of,
+                                   potential.reference_energy, dtype)
+                for name, s in splits.items()}
+    batch_size = min(t.batch_size, len(datasets["train"]))
+    steps_per_epoch = len(datasets["train"]) // batch_size
+    tx = make_optimizer(t, steps_per_epoch)
+    state = TrainState(potential.params, tx.init(potential.params), potential.params,
+                       jnp.zeros((), jnp.int32))
+    train_step = make_train_step(potential, tx, t)
+    compute_stress = t.stress_weight > 0 or any(
+        s.stress is not None for s in splits["valid"])
+    predict_fn = make_predict_fn(potential, compute_stress)
+
+    progress = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
+                "seconds": 0.0, "train_seconds": 0.0, "config": config_json}
+    best_params = state.ema_params
+    if resume:
+        state, best_params, progress = _load_checkpoint(ckpt_path, state)
+        if progress["config"] != config_json:
+            raise ConfigError(f"{ckpt_path} was written with a different configuration; "
+                              "resume with the same config or start a new --out")
+        _truncate_log(log_path, progress["epoch"])
+        log(f"resuming from epoch {progress['epoch']} ({progress['seconds']:.0f} s trained)")
+
+    budget = (t.max_minutes or 0) * 60
+    stop_reason = "epochs"
+    last_epoch_seconds = 0.0
+    for epoch in range(progress["epoch"] + 1, t.epochs + 1):
+        if budget and progress["seconds"] + last_epoch_seconds > budget:
+            stop_reason = "time budget"
+            break
+        if progress["bad_epochs"] >= t.patience:
+            stop_reason = "early stopping"
+            break
+        start = time.perf_counter()
+        order = np.random.default_rng([t.seed, epoch]).permutation(len(datasets["train"]))
+        losses = []
+        for batch in datasets["train"].batches(batch_size, order, drop_last=True):
+            state, loss = train_step(state, batch)
+            losses.append(loss)
+        train_loss = float(np.mean(jax.device_get(losses)))
+        progress["train_seconds"] += time.perf_counter() - start
+        if not np.isfinite(train_loss):
+            raise DataError(f"training diverged at epoch {epoch} (loss {train_loss}); "
+                            "lower learning_rate or check the data")
+        valid = evaluate_dataset(datasets["valid"], state.ema_params, predict_fn, batch_size)
+        v_loss = validation_loss(valid, t)
+        last_epoch_seconds = time.perf_counter() - start
+        progress["seconds"] += last_epoch_seconds
+        improved = v_loss < progress["best_loss"]
+        if improved:
+            progress.update(best_loss=v_loss, best_epoch=epoch, bad_epochs=0)
+            best_params = state.ema_params
+        else:
+            progress["bad_epochs"] += 1
+        progress["epoch"] = epoch
+        record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": v_loss,
+                  "seconds": round(progress["seconds"], 3),
+                  **{f"valid_{k}": round(v, 4) for k, v in valid.items()}}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        _save_checkpoint(ckpt_path, state, progress, best_params)
+        if improved:
+            save_potential(potential.replace(params=best_params, architecture=architecture),
+                           os.path.join(workdir, "model"))
+        n_train = steps_per_epoch * batch_size
+        log(f"epoch {epoch:4d}/{t.epochs}  loss {train_loss:.4g}  "
+            f"val E {valid.get('energy_mae', float('nan')):.2f} meV  "
+            f"F {valid.get('forces_mae', float('nan')):.2f} meV/Å  "
+            f"{n_train / last_epoch_seconds:.0f} conf/s  "
+            f"{progress['seconds'] / 60:.1f} min{'  *' if improved else ''}")
+
+    best = potential.replace(params=best_params, architecture=architecture)
+    if not os.path.isdir(os.path.join(workdir, "model")):
+        save_potential(best, os.path.join(workdir, "model"))
+    results = {"stop_reason": stop_reason, "epochs_run": progress["epoch"],
+               "best_epoch": progress["best_epoch"],
+               "training_seconds": round(progress["seconds"], 2),
+               "configurations_per_second": round(
+                   progress["epoch"] * steps_per_epoch * batch_size
+                   / max(progress["train_seconds"], 1e-9), 2),
+               "n_train": len(datasets["train"]), "n_valid": len(datasets["valid"]),
+               "n_test": len(datasets["test"]), "architecture": config.architecture["name"],
+               "device": jax.devices()[0].device_kind,
+               "valid": evaluate_dataset(datasets["valid"], best_params, predict_fn, batch_size)}
+    if len(datasets["test"]):
+        results["test"] = evaluate_dataset(datasets["test"], best_params, predict_fn, batch_size)
+    tmp = os.path.join(workdir, "metrics.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, "metrics.json"))
+    log(f"stopped ({stop_reason}) after epoch {progress['epoch']}; best epoch "
+        f"{progress['best_epoch']}: validation energy MAE {results['valid'].get('energy_mae', float('nan')):.2f} meV, "
+        f"force MAE {results['valid'].get('forces_mae', float('nan')):.2f} meV/Å")
+    return results
