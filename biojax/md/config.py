@@ -1,0 +1,134 @@
+"""Configuration of ``biojax simulate``: one dataclass, read from TOML, overridden by flags.
+
+Users give the time step in fs, temperature in K, pressure in bar and friction in 1/ps;
+``Units.from_config`` converts them once into ASE units (eV, Å, amu; time in Å·√(amu/eV)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import ase.units
+
+from biojax.config import from_dict, load_toml
+from biojax.errors import ConfigError
+
+Ensemble = Literal["nve", "nvt-langevin", "nvt-nose-hoover", "npt"]
+ENSEMBLES = ("nve", "nvt-langevin", "nvt-nose-hoover", "npt")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicalConfig:
+    """A classical pair potential used instead of a trained model (``[classical]``)."""
+
+    kind: Literal["lennard-jones", "morse"] = "lennard-jones"
+    sigma: float = 3.405          # Å (LJ)
+    epsilon: float = 0.0103       # eV (LJ; argon ≈ 119.8 K · k_B)
+    D: float = 0.3                # eV (Morse)
+    alpha: float = 1.5            # 1/Å (Morse)
+    r0: float = 2.5               # Å (Morse)
+    cutoff: float = 8.5           # Å
+    r_onset: float | None = None  # Å; default 0.8 · cutoff
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateConfig:
+    """Everything one ``biojax simulate`` run needs. See examples/md/*.toml."""
+
+    structure: str | None = None        # PDB / extxyz / any ASE-readable file
+    model: str | None = None            # directory written by ``biojax train``
+    classical: ClassicalConfig | None = None
+    ensemble: Ensemble = "nvt-langevin"
+    timestep_fs: float = 0.5
+    temperature_K: float = 300.0
+    pressure_bar: float = 1.0
+    steps: int = 1000
+    replicas: int = 1
+    seed: int = 0
+    velocities: Literal["maxwell-boltzmann", "structure"] = "maxwell-boltzmann"
+    friction_per_ps: float = 1.0        # Langevin γ
+    thermostat_tau_fs: float = 100.0    # Nosé–Hoover chain time scale
+    barostat_tau_fs: float = 1000.0     # NPT box time scale
+    chain_length: int = 3
+    minimize: bool = False              # FIRE before dynamics
+    minimize_steps: int = 500
+    minimize_fmax: float = 0.05         # eV/Å
+    chunk_steps: int = 500              # steps per jitted chunk (checkpoint, flush, checks)
+    observe_every: int = 10             # observables every K steps
+    frame_every: int = 100              # trajectory frame every M steps (multiple of K)
+    trajectory_format: Literal["extxyz", "traj"] = "extxyz"
+    write_velocities: bool = False
+    write_forces: bool = False
+    observables_format: Literal["csv", "jsonl", "both"] = "csv"
+    neighbor_skin: float = 0.5          # Å, rebuild threshold for the neighbor list
+    capacity_multiplier: float = 1.25
+    initial_capacity: int | None = None  # force a (small) neighbor capacity, for tests
+    blowup_temperature_factor: float = 5.0   # stop when T > factor · max(target, T0)
+    min_distance: float = 0.5           # Å; closer atoms are "overlapping"
+    max_timestep_fs: float = 20.0
+    out: str = "md_run"
+
+    def __post_init__(self):
+        check = [
+            (self.timestep_fs > 0, f"timestep_fs must be > 0 fs, got {self.timestep_fs}"),
+            (self.timestep_fs <= self.max_timestep_fs,
+             f"timestep_fs = {self.timestep_fs} fs is absurd (limit max_timestep_fs = "
+             f"{self.max_timestep_fs} fs; atomistic MD uses 0.5–2 fs)"),
+            (self.temperature_K > 0 or self.ensemble == "nve",
+             f"temperature_K must be > 0 K, got {self.temperature_K}"),
+            (self.temperature_K >= 0, f"temperature_K must be >= 0 K, got {self.temperature_K}"),
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}"),
+            (self.observe_every >= 1, "observe_every must be >= 1"),
+            (self.frame_every % self.observe_every == 0,
+             f"frame_every ({self.frame_every}) must be a multiple of observe_every "
+             f"({self.observe_every})"),
+            (self.chunk_steps % self.frame_every == 0,
+             f"chunk_steps ({self.chunk_steps}) must be a multiple of frame_every "
+             f"({self.frame_every})"),
+            (self.friction_per_ps > 0, "friction_per_ps must be > 0"),
+            (self.capacity_multiplier >= 1.0, "capacity_multiplier must be >= 1"),
+            (self.blowup_temperature_factor > 1.0, "blowup_temperature_factor must be > 1"),
+        ]
+        for ok, message in check:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Units:
+    """Run parameters in ASE units."""
+
+    dt: float           # Å·√(amu/eV)
+    kT: float           # eV
+    pressure: float     # eV/Å³
+    gamma: float        # 1/time unit
+    tau_thermostat: float
+    tau_barostat: float
+
+    @classmethod
+    def from_config(cls, cfg: SimulateConfig) -> "Units":
+        """Convert fs, K, bar and 1/ps to ASE units (done once, here)."""
+        return cls(dt=cfg.timestep_fs * ase.units.fs,
+                   kT=cfg.temperature_K * ase.units.kB,
+                   pressure=cfg.pressure_bar * ase.units.bar,
+                   gamma=cfg.friction_per_ps / (1000.0 * ase.units.fs),
+                   tau_thermostat=cfg.thermostat_tau_fs * ase.units.fs,
+                   tau_barostat=cfg.barostat_tau_fs * ase.units.fs)
+
+
+def load_config(path: str) -> SimulateConfig:
+    """Read a simulate config from TOML (top level or a ``[simulate]`` table)."""
+    data = load_toml(path)
+    if "simulate" in data and isinstance(data["simulate"], dict):
+        data = data["simulate"]
+    return from_dict(SimulateConfig, data, where=str(path))
+
+
+def default_config(**overrides) -> SimulateConfig:
+    """A SimulateConfig from keyword arguments, with the same checks as a TOML file."""
+    try:
+        return from_dict(SimulateConfig, overrides, where="simulate")
+    except ConfigError:
+        raise

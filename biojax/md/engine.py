@@ -1,0 +1,146 @@
+"""The jitted part: one chunk of MD steps as a pure function, and neighbor-list capacity.
+
+A chunk is ``n_frames × records_per_frame × observe_every`` steps. Every step runs the
+integrator, updates the neighbor list and checks the kinetic energy (non-finite or above a
+limit marks the first bad step). Every ``observe_every`` steps the observables are recorded;
+every frame the positions (and optionally velocities/forces/box). The caller checks the
+neighbor list's overflow flag after the chunk and reruns the chunk with more capacity.
+
+For R replicas the same chunk function is ``vmap``-ed over the state and neighbor list.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import ase.units
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_md import partition, quantity
+
+from biojax.md.integrators import Integrator, kinetic_energy
+from biojax.md.system import SystemSpace
+
+
+def make_neighbor_fn(sys_space: SystemSpace, box: np.ndarray, cutoff: float, skin: float,
+                     capacity_multiplier: float, dense: bool, n_atoms: int):
+    """jax-md neighbor list functions (cutoff + skin, Å) in the requested format."""
+    fmt = partition.NeighborListFormat.Dense if dense else partition.NeighborListFormat.Sparse
+    return partition.neighbor_list(
+        sys_space.displacement_fn, box, cutoff + skin, dr_threshold=skin,
+        capacity_multiplier=capacity_multiplier, format=fmt,
+        fractional_coordinates=sys_space.fractional,
+        disable_cell_list=(not sys_space.periodic) or n_atoms < 256)
+
+
+def capacity_of(nbrs) -> int:
+    """Neighbor capacity: edges (Sparse) or neighbours per atom (Dense)."""
+    return int(nbrs.idx.shape[-1])
+
+
+def allocate(neighbor_fn, positions: Sequence[np.ndarray], min_capacity: int = 0,
+             exact_capacity: int | None = None, box_kwargs: Sequence[dict] | None = None):
+    """A neighbor list (batched if len(positions) > 1) holding every replica.
+
+    The capacity is at least what each replica needs (× the multiplier) and at least
+    ``min_capacity``; ``exact_capacity`` forces it (used to test overflow and to resume).
+    """
+    box_kwargs = box_kwargs or [{}] * len(positions)
+    lists = [neighbor_fn.allocate(jnp.asarray(r), **kw) for r, kw in zip(positions, box_kwargs)]
+    base = [capacity_of(n) for n in lists]
+    k = int(np.argmax(base))
+    target = max(max(base), min_capacity) if exact_capacity is None else exact_capacity
+    template = lists[k]
+    if target != base[k]:
+        template = neighbor_fn.allocate(jnp.asarray(positions[k]),
+                                        extra_capacity=target - base[k], **box_kwargs[k])
+    if len(positions) == 1:
+        return template
+    R = jnp.stack([jnp.asarray(r) for r in positions])
+    if "box" in box_kwargs[0]:
+        boxes = jnp.stack([jnp.asarray(kw["box"]) for kw in box_kwargs])
+        return jax.vmap(lambda r, b: template.update(r, box=b))(R, boxes)
+    return jax.vmap(lambda r: template.update(r))(R)
+
+
+def overflowed(nbrs) -> bool:
+    """Whether any replica's neighbor or cell list overflowed."""
+    return bool(np.any(np.asarray(nbrs.did_buffer_overflow)))
+
+
+def grown_capacity(capacity: int) -> int:
+    """Next capacity after an overflow (× 1.5, at least +8)."""
+    return max(int(math.ceil(capacity * 1.5)), capacity + 8)
+
+
+def make_observe(integ: Integrator, energy_fn: Callable, sys_space: SystemSpace) -> Callable:
+    """observe(state, nbrs) -> dict of scalars (eV, K, bar, Å³)."""
+    kB = ase.units.kB
+
+    def observe(state, nbrs):
+        box = integ.box(state)
+        kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+        pe = energy_fn(state.position, **kw)
+        ke = kinetic_energy(state.momentum, state.mass)
+        out = {"potential_energy": pe, "kinetic_energy": ke, "total_energy": pe + ke,
+               "temperature": 2.0 * ke / (integ.dof * kB),
+               "conserved": integ.conserved(state, **kw)}
+        if sys_space.periodic:
+            b = sys_space.box if box is None else box
+            p = quantity.pressure(energy_fn, state.position, b, ke, neighbor=nbrs)
+            out["pressure_bar"] = p / ase.units.bar
+            out["volume"] = quantity.volume(3, b)
+        return out
+
+    return observe
+
+
+def make_chunk(integ: Integrator, observe: Callable, n_frames: int, records_per_frame: int,
+               observe_every: int, ke_limit: float, with_velocities: bool,
+               with_forces: bool) -> Callable:
+    """chunk(state, nbrs) -> (state, nbrs, first_bad, observables, frames).
+
+    ``first_bad`` is the 1-based step within the chunk at which the kinetic energy first
+    became non-finite or exceeded ``ke_limit`` (eV), or -1.
+    """
+
+    def update(state, nbrs):
+        box = integ.box(state)
+        return nbrs.update(state.position) if box is None else \
+            nbrs.update(state.position, box=box)
+
+    def one_step(_, carry):
+        state, nbrs, bad, n = carry
+        state = integ.step(state, neighbor=nbrs)
+        nbrs = update(state, nbrs)
+        ke = kinetic_energy(state.momentum, state.mass)
+        is_bad = jnp.logical_not(jnp.isfinite(ke)) | (ke > ke_limit)
+        bad = jnp.where((bad < 0) & is_bad, n + 1, bad)
+        return state, nbrs, bad, n + 1
+
+    def record(carry, _):
+        carry = jax.lax.fori_loop(0, observe_every, one_step, carry)
+        return carry, observe(carry[0], carry[1])
+
+    def frame(carry, _):
+        carry, obs = jax.lax.scan(record, carry, None, length=records_per_frame)
+        state = carry[0]
+        fr = {"position": state.position}
+        if with_velocities:
+            fr["velocity"] = state.momentum / state.mass
+        if with_forces:
+            fr["force"] = state.force
+        box = integ.box(state)
+        if box is not None:
+            fr["box"] = box
+        return carry, (obs, fr)
+
+    def chunk(state, nbrs):
+        carry = (state, nbrs, jnp.int32(-1), jnp.int32(0))
+        carry, (obs, frames) = jax.lax.scan(frame, carry, None, length=n_frames)
+        obs = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), obs)
+        return carry[0], carry[1], carry[2], obs, frames
+
+    return chunk

@@ -1,0 +1,138 @@
+"""From ASE Atoms to a jax-md space: displacement/shift functions, box, internal coordinates.
+
+Three cases, chosen once per run:
+
+- no periodicity: ``space.free`` (Cartesian Å);
+- periodic orthorhombic cell, fixed volume: ``space.periodic`` on the box diagonal
+  (Cartesian Å, the fastest form);
+- periodic triclinic cell or NPT: ``space.periodic_general`` with fractional coordinates
+  (the box is a matrix whose columns are the lattice vectors; the cell must be in ASE's
+  standard, lower-triangular form).
+
+Validation of the input lives here too: mixed periodicity, a box narrower than twice the
+cutoff, overlapping atoms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import ase
+import numpy as np
+from jax_md import space
+
+from biojax.errors import SimulationError
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemSpace:
+    """How positions are stored and displaced for one run."""
+
+    kind: str                      # "free" | "orthorhombic" | "general"
+    box: np.ndarray | None         # (3,) side lengths or (3, 3) column lattice vectors (Å)
+    displacement_fn: Callable
+    shift_fn: Callable
+
+    @property
+    def periodic(self) -> bool:
+        return self.kind != "free"
+
+    @property
+    def fractional(self) -> bool:
+        return self.kind == "general"
+
+
+def _perpendicular_widths(cell: np.ndarray) -> np.ndarray:
+    """Distances between opposite faces of a cell (rows are lattice vectors, Å)."""
+    volume = abs(np.linalg.det(cell))
+    cross = [np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3]) for i in range(3)]
+    return np.array([volume / np.linalg.norm(c) for c in cross])
+
+
+def check_atoms(atoms: ase.Atoms, cutoff: float, min_distance: float, where: str) -> None:
+    """Raise SimulationError for mixed periodicity, a box < 2·cutoff or overlapping atoms."""
+    from ase.neighborlist import neighbor_list
+
+    if len(atoms) == 0:
+        raise SimulationError(f"{where}: structure has no atoms")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.any() and not pbc.all():
+        raise SimulationError(f"{where}: mixed periodicity {pbc.tolist()} is not supported; "
+                              "use all-periodic or non-periodic structures")
+    if pbc.all():
+        widths = _perpendicular_widths(np.asarray(atoms.cell))
+        if np.min(widths) < 2.0 * cutoff:
+            raise SimulationError(
+                f"{where}: periodic box too small for the cutoff: perpendicular widths "
+                f"{np.round(widths, 3).tolist()} Å but need at least 2 × cutoff = "
+                f"{2 * cutoff:.3f} Å (minimum-image convention); use a larger supercell")
+    if not np.all(np.isfinite(atoms.positions)):
+        raise SimulationError(f"{where}: non-finite atomic positions")
+    i, j, d = neighbor_list("ijd", atoms, min_distance)
+    if len(i):
+        k = int(np.argmin(d))
+        raise SimulationError(
+            f"{where}: overlapping atoms {int(i[k])} and {int(j[k])} at {d[k]:.3f} Å "
+            f"(< min_distance = {min_distance} Å); {len(i) // 2} pair(s) too close")
+
+
+def make_space(atoms: ase.Atoms, npt: bool, where: str = "structure") -> SystemSpace:
+    """The jax-md space for these atoms (see module docstring)."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.all():
+        if npt:
+            raise SimulationError(f"{where}: NPT needs a periodic structure (pbc = True)")
+        disp, shift = space.free()
+        return SystemSpace("free", None, disp, shift)
+    cell = np.asarray(atoms.cell, dtype=np.float64)
+    off_diagonal = cell - np.diag(np.diag(cell))
+    if not npt and np.allclose(off_diagonal, 0.0):
+        side = np.diag(cell).astype(np.float32)
+        disp, shift = space.periodic(side)
+        return SystemSpace("orthorhombic", side, disp, shift)
+    if not np.allclose(np.triu(cell, 1), 0.0):
+        raise SimulationError(
+            f"{where}: triclinic cell must be in ASE standard form (lower-triangular rows, "
+            "a along x, b in the xy plane); rotate it with atoms.set_cell(atoms.cell."
+            "standard_form()[0], scale_atoms=True)")
+    box = cell.T.astype(np.float32)  # columns are lattice vectors, upper triangular
+    disp, shift = space.periodic_general(box, fractional_coordinates=True)
+    return SystemSpace("general", box, disp, shift)
+
+
+def to_internal(positions: np.ndarray, sys_space: SystemSpace) -> np.ndarray:
+    """Cartesian Å → the stored coordinates (fractional for "general", wrapped)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if sys_space.kind == "free":
+        return positions.astype(np.float32)
+    if sys_space.kind == "orthorhombic":
+        return np.mod(positions, sys_space.box).astype(np.float32)
+    frac = np.linalg.solve(sys_space.box.astype(np.float64), positions.T).T
+    return np.mod(frac, 1.0).astype(np.float32)
+
+
+def to_cartesian(positions: np.ndarray, sys_space: SystemSpace,
+                 box: np.ndarray | None = None) -> np.ndarray:
+    """Stored coordinates → Cartesian Å (``box`` overrides the space's box, for NPT)."""
+    if sys_space.kind != "general":
+        return np.asarray(positions)
+    box = sys_space.box if box is None else box
+    return np.asarray(positions) @ np.asarray(box).T
+
+
+def cell_of(sys_space: SystemSpace, box: np.ndarray | None = None) -> np.ndarray | None:
+    """ASE cell (rows are lattice vectors, Å) for output frames."""
+    if sys_space.kind == "free":
+        return None
+    box = sys_space.box if box is None else np.asarray(box)
+    return np.diag(box) if box.ndim == 1 else box.T
+
+
+def neighbor_box(atoms_list: Sequence[ase.Atoms], sys_space: SystemSpace,
+                 cutoff: float) -> np.ndarray:
+    """The box jax-md's neighbor list is built on (for free space: a bounding extent)."""
+    if sys_space.periodic:
+        return sys_space.box if sys_space.kind == "orthorhombic" else sys_space.box
+    extent = max(np.ptp(a.positions, axis=0).max() for a in atoms_list)
+    return np.full(3, max(extent + 4 * cutoff, 1.0), dtype=np.float32)

@@ -1,0 +1,148 @@
+"""Classical pair potentials (Lennard-Jones, Morse) as biojax Potentials.
+
+They are ordinary :class:`~biojax.nn.potential.Potential` objects: the graph form
+(``atomic_energies``) serves the ASE calculator and training code, and ``energy_fn`` drives
+jax-md. Pair potentials are cheaper on a Dense neighbor list (one row of neighbours per
+atom), so they set ``neighbor_format = "dense"``; ``energy_fn`` accepts either format.
+
+Parameters are a plain pytree (per-species-pair matrices), so they are differentiable.
+The smooth cutoff is the C¹ polynomial in r² that ASE's ``LennardJones(smooth=True)`` uses:
+1 below ``r_onset``, 0 above ``cutoff``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax_md import partition
+
+from biojax.errors import ModelError
+from biojax.nn.potential import Potential
+
+
+def smooth_cutoff(r2, cutoff: float, r_onset: float):
+    """Switching factor in [0, 1] as a function of squared distance r2 (Å²)."""
+    rc2, ro2 = cutoff * cutoff, r_onset * r_onset
+    inner = (rc2 - r2) ** 2 * (rc2 + 2.0 * r2 - 3.0 * ro2) / (rc2 - ro2) ** 3
+    return jnp.where(r2 < ro2, 1.0, jnp.where(r2 < rc2, inner, 0.0))
+
+
+def lennard_jones_pair(r2, params):
+    """Lennard-Jones pair energy (eV) for squared distance r2 (Å²); params sigma, epsilon."""
+    c6 = (params["sigma"] ** 2 / r2) ** 3
+    return 4.0 * params["epsilon"] * (c6 * c6 - c6)
+
+
+def morse_pair(r2, params):
+    """Morse pair energy (eV) D (exp(-2a(r-r0)) - 2 exp(-a(r-r0))); params D, alpha, r0."""
+    x = jnp.exp(-params["alpha"] * (jnp.sqrt(r2) - params["r0"]))
+    return params["D"] * (x * x - 2.0 * x)
+
+
+_PAIR_FUNCTIONS = {"lennard-jones": lennard_jones_pair, "morse": morse_pair}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairModel:
+    """A model with the Potential's ``apply`` signature for a species-pair potential."""
+
+    kind: str
+    cutoff: float
+    r_onset: float
+
+    def pair_energy(self, r2, params, species_a, species_b):
+        """Smoothly cut pair energies (eV) for squared distances r2 (Å²)."""
+        pair_params = {k: v[species_a, species_b] for k, v in params.items()}
+        safe_r2 = jnp.where(r2 > 1e-6, r2, 1.0)  # masked pairs never divide by zero
+        e = _PAIR_FUNCTIONS[self.kind](safe_r2, pair_params)
+        return jnp.where(r2 > 1e-6, e * smooth_cutoff(safe_r2, self.cutoff, self.r_onset), 0.0)
+
+    def apply(self, params, vectors, species, senders, receivers, edge_mask, node_mask):
+        """Per-atom energies (eV); each directed edge gives half its pair energy."""
+        r2 = jnp.sum(vectors * vectors, axis=-1)
+        e = self.pair_energy(r2, params, species[senders], species[receivers])
+        e = jnp.where(edge_mask, 0.5 * e, 0.0)
+        return jax.ops.segment_sum(e, receivers, num_segments=species.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class PairPotential(Potential):
+    """A Potential for a classical pair energy; prefers a Dense neighbor list."""
+
+    neighbor_format: str = "dense"
+
+    def energy_fn(self, displacement_fn: Callable, numbers: Sequence[int], params=None,
+                  per_atom: bool = False) -> Callable:
+        """``energy(positions, neighbor, **kwargs)`` in eV on a Dense or Sparse list."""
+        sparse = super().energy_fn(displacement_fn, numbers, params, per_atom)
+        species = jnp.asarray(self.species_of(numbers))
+        n_atoms = species.shape[0]
+        model = self.model
+
+        def energy(positions, neighbor, params=params, **kwargs):
+            if neighbor.format is not partition.NeighborListFormat.Dense:
+                return sparse(positions, neighbor, params=params, **kwargs)
+            p = self.params if params is None else params
+            idx = neighbor.idx  # (N, M), padded with N
+            mask = idx < n_atoms
+            safe = jnp.where(mask, idx, 0)
+            d = jax.vmap(jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs),
+                                  (None, 0)), (0, 0))(positions, positions[safe])
+            r2 = jnp.where(mask, jnp.sum(d * d, axis=-1), 0.0)
+            e = model.pair_energy(r2, p, species[:, None], species[safe])
+            e_atom = 0.5 * jnp.sum(jnp.where(mask, e, 0.0), axis=1)
+            return e_atom if per_atom else jnp.sum(e_atom)
+
+        return energy
+
+
+def _pair_matrix(values: Sequence[float], rule: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float32)
+    if rule == "arithmetic":
+        return 0.5 * (v[:, None] + v[None, :])
+    return np.sqrt(v[:, None] * v[None, :])
+
+
+def lennard_jones(elements: Sequence[int], sigma: Sequence[float] | float,
+                  epsilon: Sequence[float] | float, cutoff: float,
+                  r_onset: float | None = None) -> PairPotential:
+    """Lennard-Jones Potential (σ in Å, ε in eV, cutoff in Å), Lorentz–Berthelot mixing.
+
+    ``r_onset`` (Å, default 0.8·cutoff) starts the smooth switch; it matches ASE's
+    ``LennardJones(sigma, epsilon, rc=cutoff, ro=r_onset, smooth=True)``.
+    """
+    elements = tuple(int(z) for z in elements)
+    n = len(elements)
+    sigma = [sigma] * n if np.isscalar(sigma) else list(sigma)
+    epsilon = [epsilon] * n if np.isscalar(epsilon) else list(epsilon)
+    if len(sigma) != n or len(epsilon) != n:
+        raise ModelError(f"lennard_jones: need one sigma and epsilon per element ({n})")
+    r_onset = 0.8 * cutoff if r_onset is None else r_onset
+    if not 0 < r_onset < cutoff:
+        raise ModelError(f"lennard_jones: need 0 < r_onset < cutoff, got {r_onset}, {cutoff}")
+    params = {"sigma": jnp.asarray(_pair_matrix(sigma, "arithmetic")),
+              "epsilon": jnp.asarray(_pair_matrix(epsilon, "geometric"))}
+    return PairPotential(
+        model=PairModel("lennard-jones", float(cutoff), float(r_onset)), params=params,
+        cutoff=float(cutoff), elements=elements, reference_energies=(0.0,) * n,
+        architecture={"name": "lennard-jones", "sigma": list(map(float, sigma)),
+                      "epsilon": list(map(float, epsilon)), "r_onset": float(r_onset)})
+
+
+def morse(elements: Sequence[int], D: float, alpha: float, r0: float, cutoff: float,
+          r_onset: float | None = None) -> PairPotential:
+    """Morse Potential (D in eV, alpha in 1/Å, r0 in Å, cutoff in Å), one set for all pairs."""
+    elements = tuple(int(z) for z in elements)
+    n = len(elements)
+    r_onset = 0.8 * cutoff if r_onset is None else r_onset
+    full = lambda x: jnp.full((n, n), x, dtype=jnp.float32)  # noqa: E731
+    return PairPotential(
+        model=PairModel("morse", float(cutoff), float(r_onset)),
+        params={"D": full(D), "alpha": full(alpha), "r0": full(r0)},
+        cutoff=float(cutoff), elements=elements, reference_energies=(0.0,) * n,
+        architecture={"name": "morse", "D": D, "alpha": alpha, "r0": r0,
+                      "r_onset": float(r_onset)})
