@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from ase import Atoms, units
+from ase import units
 from ase.build import bulk, molecule
 
 from biojax.errors import ConfigError, DataError

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
-import sys
 
 from biojax.errors import ConfigError, DataError
 
@@ -14,11 +12,13 @@ def _sample(args) -> int:
     from biojax.data.sample import load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe, frames=args.frames, seed=args.seed)
-    command = "biojax " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if os.path.basename(sys.argv[0]) == "biojax" else None
+    words = ["biojax", "sample", args.recipe, "--out", args.out]
+    if args.frames is not None:
+        words += ["--frames", str(args.frames)]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
     summary = run_recipe(recipe, args.out, base_dir=os.path.dirname(os.path.abspath(args.recipe)),
-                         progress=not args.quiet,
-                         command=command or f"biojax sample {args.recipe} --out {args.out}")
+                         progress=not args.quiet, command=" ".join(map(shlex.quote, words)))
     print(f"wrote {summary['frames']} frames ({summary['atoms']} atoms each) to {args.out}; "
           f"energy {summary['energy_min']:.4f} .. {summary['energy_max']:.4f} eV; "
           f"{summary['seconds']:.0f} s")
@@ -34,6 +34,8 @@ def _parse_option(text: str):
             return key, conv(value)
         except ValueError:
             pass
+    if key == "forcefield":  # a list of XML files, comma-separated
+        return key, [v for v in value.split(",") if v]
     if value.lower() in ("true", "false"):
         return key, value.lower() == "true"
     return key, value
@@ -85,7 +87,7 @@ def register(subparsers) -> None:
     q.add_argument("output", help="output .extxyz file")
     q.add_argument("--reference", required=True, help="gfn2-xtb, emt or openmm")
     q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="calculator option, e.g. prmtop=FILE (repeatable)")
+                   help="calculator option, e.g. prmtop=FILE or forcefield=a.xml,b.xml (repeatable)")
     q.add_argument("--stress", action="store_true", help="also compute stress (periodic)")
     q.add_argument("--quiet", action="store_true", help="no progress display")
     q.set_defaults(func=_label)

@@ -114,8 +114,6 @@ class OpenMMCalculator(Calculator):
                     implicit_solvent: str = "none", platform: str = "Reference",
                     base_dir=None) -> "OpenMMCalculator":
         """An AMBER prmtop (vacuum or implicit solvent) with optional inpcrd/crd/PDB coordinates."""
-        from openmm import app
-
         system, topology, pos = _build_prmtop(prmtop, coordinates, implicit_solvent, base_dir)
         return cls(system, topology, pos, platform=platform,
                    description=f"openmm prmtop {os.path.basename(prmtop)} "

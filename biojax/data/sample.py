@@ -30,12 +30,10 @@ stress (eV/Å³) as calculator results; the first frame's ``info`` carries
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os
 import platform as _platform
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
