@@ -177,6 +177,10 @@ class Simulation:
         if (cfg.minimize if minimize_first is None else minimize_first):
             positions = self._minimize(positions, boxes)
         nbrs = self._allocate(positions, boxes, exact_capacity=cfg.initial_capacity)
+        while engine.overflowed(nbrs):  # a forced initial_capacity that is too small
+            self.overflows += 1
+            nbrs = self._allocate(positions, boxes, min_capacity=engine.grown_capacity(
+                engine.capacity_of(nbrs)))
         keys = [jax.random.PRNGKey(cfg.seed + r) for r in range(cfg.replicas)]
         momenta = None
         if cfg.velocities == "structure":
