@@ -24,6 +24,8 @@ class BiojaxCalculator(Calculator):
     def __init__(self, potential: Potential, **kwargs):
         super().__init__(**kwargs)
         self.potential = potential
+        leaves = jax.tree_util.tree_leaves(potential.params)
+        self._dtype = np.asarray(leaves[0]).dtype if leaves else np.float32
 
         def evaluate(params, batch, compute_stress):
             return graph_energy_forces_stress(
@@ -38,7 +40,8 @@ class BiojaxCalculator(Calculator):
         structure = structure_from_atoms(self.atoms, "atoms")
         species = self.potential.species_of(structure.numbers)
         graph = build_graph(structure, self.potential.cutoff)
-        batch = batch_graphs([structure], [graph], [species], [0.0], n_graphs=2)
+        batch = batch_graphs([structure], [graph], [species], [0.0], n_graphs=2,
+                             dtype=self._dtype)
         compute_stress = "stress" in properties and structure.periodic
         energies, forces, stress = self._evaluate(self.potential.params, batch, compute_stress)
         energy = float(energies[0]) + self.potential.reference_energy(structure.numbers)

@@ -163,11 +163,10 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def _save_checkpoint(path: str, state: TrainState, progress: dict, best_params) -> None:
-    payload = {"state": serialization.to_state_dict(state),
-               "best_params": serialization.to_state_dict(best_params),
+    to_numpy = lambda tree: jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(tree))  # noqa: E731
+    payload = {"state": to_numpy(state), "best_params": to_numpy(best_params),
                "progress": json.dumps(progress)}
-    _atomic_write_bytes(path, serialization.msgpack_serialize(
-        jax.tree_util.tree_map(np.asarray, payload)))
+    _atomic_write_bytes(path, serialization.msgpack_serialize(payload))
 
 
 def _load_checkpoint(path: str, template_state: TrainState):
@@ -243,6 +242,12 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                               "resume with the same config or start a new --out")
         _truncate_log(log_path, progress["epoch"])
         log(f"resuming from epoch {progress['epoch']} ({progress['seconds']:.0f} s trained)")
+    else:  # record the untrained model's error as epoch 0, the baseline for progress
+        initial = evaluate_dataset(datasets["valid"], state.params, predict_fn, batch_size)
+        with open(log_path, "w") as f:
+            f.write(json.dumps({"epoch": 0, "valid_loss": validation_loss(initial, t),
+                                "seconds": 0.0,
+                                **{f"valid_{k}": round(v, 4) for k, v in initial.items()}}) + "\n")
 
     budget = (t.max_minutes or 0) * 60
     stop_reason = "epochs"

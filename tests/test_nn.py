@@ -1,0 +1,198 @@
+"""Models and the Potential against physics: force = −∇E, invariances, stress by finite
+strain (also checked against ASE's EMT convention), jax-md and ASE forms agreeing."""
+
+import functools
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+from jax_md import partition, space
+
+from biojax.calculator import BiojaxCalculator
+from biojax.errors import ConfigError, ModelError
+from biojax.nn.io import load_potential, save_potential
+from biojax.nn.models import build_model, init_potential
+from biojax.nn.potential import Potential
+
+ARCHS = ["schnet", "painn"]
+
+
+@functools.lru_cache(maxsize=None)
+def potential_for(name, elements=(1, 6, 8), cutoff=4.0, seed=1):
+    arch = {"name": name, "features": 16, "n_interactions": 2}
+    return init_potential(arch, elements, cutoff, reference_energies=[-13.6, -1025.0, -2035.0][:len(elements)],
+                          key=jax.random.PRNGKey(seed), dtype=jnp.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def float64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+def ethanol():
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=3)
+    return atoms
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_forces_are_minus_gradient_by_finite_differences(name):
+    atoms = ethanol()
+    atoms.calc = BiojaxCalculator(potential_for(name))
+    forces = atoms.get_forces()
+    assert np.abs(forces).max() > 1e-3  # a nontrivial check
+    h = 1e-4
+    for i, k in [(0, 0), (3, 1), (8, 2)]:
+        p = atoms.get_positions()
+        p[i, k] += h
+        atoms.set_positions(p)
+        e_plus = atoms.get_potential_energy()
+        p[i, k] -= 2 * h
+        atoms.set_positions(p)
+        e_minus = atoms.get_potential_energy()
+        p[i, k] += h
+        atoms.set_positions(p)
+        np.testing.assert_allclose(forces[i, k], -(e_plus - e_minus) / (2 * h), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_energy_invariant_and_forces_equivariant(name):
+    atoms = ethanol()
+    calc = BiojaxCalculator(potential_for(name))
+    atoms.calc = calc
+    e0, f0 = atoms.get_potential_energy(), atoms.get_forces()
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = q * np.sign(np.linalg.det(q))
+    moved = atoms.copy()
+    moved.set_positions(atoms.get_positions() @ rotation.T + np.array([1.5, -2.0, 0.7]))
+    moved.calc = calc
+    np.testing.assert_allclose(moved.get_potential_energy(), e0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(moved.get_forces(), f0 @ rotation.T, atol=1e-9)
+    # permutation of like atoms (the hydrogens) permutes forces, keeps the energy
+    perm = np.arange(len(atoms))
+    hydrogens = np.where(atoms.numbers == 1)[0]
+    perm[hydrogens] = hydrogens[::-1]
+    swapped = atoms[perm]
+    swapped.calc = calc
+    np.testing.assert_allclose(swapped.get_potential_energy(), e0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(swapped.get_forces(), f0[perm], atol=1e-9)
+
+
+def strain_derivative(atoms, h=1e-5):
+    """(1/V) dE/dε by central differences of symmetric strains (ASE's stress convention)."""
+    cell0, pos0 = atoms.get_cell().array.copy(), atoms.get_positions().copy()
+    volume = atoms.get_volume()
+    out = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            energies = []
+            for sign in (1, -1):
+                eps = np.zeros((3, 3))
+                eps[i, j] += sign * h / 2
+                eps[j, i] += sign * h / 2
+                deformation = np.eye(3) + eps
+                atoms.set_cell(cell0 @ deformation, scale_atoms=False)
+                atoms.set_positions(pos0 @ deformation)
+                energies.append(atoms.get_potential_energy())
+            out[i, j] = (energies[0] - energies[1]) / (2 * h) / volume
+    atoms.set_cell(cell0, scale_atoms=False)
+    atoms.set_positions(pos0)
+    return out
+
+
+def voigt_to_matrix(s):
+    xx, yy, zz, yz, xz, xy = s
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def copper():
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=1)
+    atoms.set_cell(atoms.get_cell().array @ (np.eye(3) + np.array(
+        [[0.01, 0.003, 0], [0.003, -0.02, 0.002], [0, 0.002, 0.015]])), scale_atoms=True)
+    return atoms
+
+
+def test_emt_stress_follows_the_strain_derivative_convention():
+    """The finite-strain check agrees with ASE's EMT, so the convention we test is ASE's."""
+    atoms = copper()
+    atoms.calc = EMT()
+    np.testing.assert_allclose(voigt_to_matrix(atoms.get_stress()), strain_derivative(atoms),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_stress_agrees_with_finite_strain_on_copper(name):
+    atoms = copper()
+    atoms.calc = BiojaxCalculator(potential_for(name, elements=(29,), cutoff=4.5))
+    stress = voigt_to_matrix(atoms.get_stress())
+    assert np.abs(stress).max() > 1e-6
+    np.testing.assert_allclose(stress, strain_derivative(atoms), atol=1e-8, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_jax_md_energy_fn_matches_ase_calculator_periodic(name):
+    atoms = copper()
+    potential = potential_for(name, elements=(29,), cutoff=3.0)
+    atoms.calc = BiojaxCalculator(potential)
+    box = jnp.asarray(atoms.get_cell().array.T)  # jax-md: columns are lattice vectors
+    displacement, _ = space.periodic_general(box, fractional_coordinates=False)
+    neighbor_fn = partition.neighbor_list(displacement, box, potential.cutoff,
+                                          format=partition.Sparse, fractional_coordinates=False)
+    positions = jnp.asarray(atoms.get_positions())
+    neighbor = neighbor_fn.allocate(positions)
+    energy_fn = potential.energy_fn(displacement, atoms.numbers)
+    value, grad = jax.jit(jax.value_and_grad(energy_fn))(positions, neighbor)
+    energy = value + potential.reference_energy(atoms.numbers)
+    forces = -grad
+    np.testing.assert_allclose(energy, atoms.get_potential_energy(), atol=1e-8)
+    np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-8)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    potential = potential_for("painn")
+    save_potential(potential, tmp_path / "model")
+    loaded = load_potential(tmp_path / "model")
+    atoms = ethanol()
+    atoms.calc = BiojaxCalculator(potential)
+    e0 = atoms.get_potential_energy()
+    atoms.calc = BiojaxCalculator(loaded)
+    np.testing.assert_allclose(atoms.get_potential_energy(), e0, atol=1e-9)
+    assert loaded.elements == potential.elements
+    # overwriting is atomic and leaves no temporary directories behind
+    save_potential(loaded, tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_checked_in_v1_model_stays_loadable():
+    """A model written by biojax 0.1 (format 1) must load in every later version."""
+    import os
+    here = os.path.join(os.path.dirname(__file__), "data", "model_v1")
+    potential = load_potential(here)
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = BiojaxCalculator(potential)
+    expected = float(open(os.path.join(here, "expected_energy.txt")).read())
+    np.testing.assert_allclose(atoms.get_potential_energy(), expected, rtol=1e-6)
+
+
+def test_unknown_element_and_missing_model_are_clear_errors(tmp_path):
+    potential = potential_for("schnet")
+    atoms = molecule("CH3SH")  # sulfur is not known to the model
+    atoms.calc = BiojaxCalculator(potential)
+    with pytest.raises(ModelError, match="S not known to this model"):
+        atoms.get_potential_energy()
+    with pytest.raises(ModelError, match="model directory not found"):
+        load_potential(tmp_path / "nope")
+
+
+def test_unknown_model_hyperparameter_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown key.*'featurs'.*valid keys.*features"):
+        build_model({"name": "painn", "featurs": 8}, 1, 5.0)
+    with pytest.raises(ConfigError, match="not known; valid: schnet, painn"):
+        build_model({"name": "mace"}, 1, 5.0)
