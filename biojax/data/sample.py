@@ -91,8 +91,9 @@ class OpenMMMDConfig:
     release_steps: int = 5000  # unrestrained steps before the first saved frame
     restraint_k: float = 5.0  # eV/rad² harmonic dihedral restraint constant
     dihedrals: dict[str, list[int]] = field(default_factory=dict)  # name -> 4 atom indices
-    platform: str = "Reference"  # OpenMM platform for the sampling MD (Reference is
-    # double precision and, for molecules of a few dozen atoms, faster than CPU)
+    platform: str = "Reference"  # OpenMM platform for the sampling MD: Reference is double
+    # precision and fast for vacuum/prmtop-OBC systems; "CPU" is ~5x faster for the
+    # CustomGBForce implicit solvents of the XML force fields (GBn2, implicit/obc2.xml)
     runs: list[MDRun] = field(default_factory=lambda: [MDRun(name="md")])
 
 
