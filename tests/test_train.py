@@ -150,3 +150,19 @@ def test_bad_inputs_give_clear_errors(tmp_path, ethanol_train, ethanol_isolated,
     # a missing model directory
     err = error_of(["evaluate", str(tmp_path / "nomodel"), ethanol_train])
     assert "model directory not found" in err
+
+
+def test_time_budget_stops_and_float64_option(tmp_path, ethanol_train, ethanol_isolated):
+    config = write_config(tmp_path, ethanol_train, ethanol_isolated, epochs=50, n_train=16)
+    assert cli(["train", str(config), "--out", str(tmp_path / "b"), "--max-minutes", "0.0001"]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["stop_reason"] == "time budget" and metrics["epochs_run"] == 1
+    # float64 switches JAX's global x64 flag, so run it in its own process
+    f64 = write_config(tmp_path, ethanol_train, ethanol_isolated, epochs=1, n_train=16,
+                       name="f64.toml")
+    f64.write_text(f64.read_text().replace("seed = 2", 'seed = 2\nprecision = "float64"'))
+    subprocess.run([sys.executable, "-m", "biojax.cli", "train", str(f64), "--out",
+                    str(tmp_path / "f64")], check=True, capture_output=True)
+    potential = load_potential(tmp_path / "f64" / "model")
+    import jax
+    assert {str(np.asarray(x).dtype) for x in jax.tree_util.tree_leaves(potential.params)} == {"float64"}

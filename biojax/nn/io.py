@@ -114,6 +114,6 @@ def load_potential(directory: str | os.PathLike) -> Potential:
     except Exception as exc:
         raise ModelError(f"{params_path}: cannot be read ({exc})") from None
     model = build_model(architecture, len(elements), cutoff)
-    params = jax.tree_util.tree_map(jax.numpy.asarray, params)
+    params = jax.tree_util.tree_map(np.asarray, params)  # keep the stored precision
     return Potential(model=model, params=params, cutoff=cutoff, elements=elements,
                      reference_energies=reference, architecture=architecture)

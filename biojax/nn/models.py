@@ -200,7 +200,7 @@ def init_potential(architecture: dict, elements: Sequence[int], cutoff: float,
     # a tiny two-atom graph to trace shapes
     vectors = jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype)
     species = jnp.zeros(2, jnp.int32)
-    senders, receivers = jnp.array([0, 1]), jnp.array([1, 0])
+    senders, receivers = jnp.array([0, 1], jnp.int32), jnp.array([1, 0], jnp.int32)
     params = model.init(key, vectors, species, senders, receivers, jnp.ones(2, bool),
                         jnp.ones(2, bool))
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
