@@ -1,0 +1,160 @@
+"""Configuration of ``biojax analyze``: frozen dataclasses read from TOML by
+``biojax.config.from_dict`` (unknown keys are errors that list the valid ones).
+
+Relative paths in the file are relative to the directory of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+from biojax.config import from_dict, load_toml
+from biojax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectoryConfig:
+    """paths: trajectory files (ASE-readable, .npy/.npz in Å, DCD/XTC via mdtraj);
+    topology: PDB (or ASE-readable) file; stride: keep every n-th frame;
+    frame_interval_fs: time between saved frames (fs) for reporting timescales."""
+
+    paths: tuple[str, ...]
+    topology: str | None = None
+    stride: int = 1
+    frame_interval_fs: float | None = None
+
+    def __post_init__(self):
+        if not self.paths:
+            raise ValueError("'paths' must list at least one trajectory file")
+        if self.stride < 1:
+            raise ValueError(f"'stride' must be >= 1, got {self.stride}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """Atom selection: AND across keys, OR within a list."""
+
+    indices: tuple[int, ...] | None = None
+    elements: tuple[str, ...] | None = None
+    names: tuple[str, ...] | None = None
+    resnames: tuple[str, ...] | None = None
+    resids: tuple[int, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """One feature block. kind:
+    backbone_dihedrals (angles from phi/psi/chi1, needs a topology);
+    dihedrals (atoms = [[i, j, k, l], ...]); distances (atoms = pairs, or all pairs of
+    selection); contacts (as distances, 1 if closer than cutoff Å);
+    aligned_coordinates (selection, Kabsch-aligned to reference); rmsd (selection).
+    reference: structure file for alignment/RMSD (default: first frame)."""
+
+    kind: Literal["backbone_dihedrals", "dihedrals", "distances", "contacts",
+                  "aligned_coordinates", "rmsd"]
+    angles: tuple[str, ...] = ("phi", "psi")
+    atoms: tuple[tuple[int, ...], ...] | None = None
+    names: tuple[str, ...] | None = None
+    selection: SelectionConfig | None = None
+    cutoff: float = 8.0
+    reference: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ReduceConfig:
+    """Dimensionality reduction of the (angle-encoded) features; lag in frames (TICA)."""
+
+    method: Literal["none", "pca", "tica"] = "pca"
+    n_components: int = 2
+    lag: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Clustering; ``space`` picks the encoded features or the reduced coordinates.
+    ``scan_k`` lists k values for which inertia and silhouette are reported."""
+
+    method: Literal["kmeans", "minibatch_kmeans", "regspace"] = "kmeans"
+    k: int = 4
+    n_init: int = 10
+    max_iter: int = 300
+    tol: float = 1e-4
+    seed: int = 0
+    dmin: float = 0.5
+    max_centers: int = 1000
+    batch_size: int = 4096
+    n_steps: int = 300
+    space: Literal["features", "reduced"] = "features"
+    scan_k: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class MSMConfig:
+    """Markov state model: ``lag`` (frames) for the model, ``lags`` for implied
+    timescales, ``n_timescales`` slowest processes reported."""
+
+    enabled: bool = True
+    lag: int = 1
+    lags: tuple[int, ...] = (1, 2, 5, 10, 20)
+    n_timescales: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionConfig:
+    """A named region of the FES plane: union of boxes [[lo, hi], [lo, hi]] (FES units)."""
+
+    name: str
+    boxes: tuple[tuple[tuple[float, ...], ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FESConfig:
+    """Free-energy surface on one or two features (raw feature names, a unique prefix
+    such as "phi", or "pc1"/"tic2" for reduced coordinates). Angles are shown in
+    ``angle_unit``. ``regions`` report populations and free energies of named basins."""
+
+    features: tuple[str, ...] = ()
+    bins: int = 60
+    temperature: float = 300.0
+    n_blocks: int = 10
+    n_bootstrap: int = 200
+    angle_unit: Literal["degree", "radian"] = "degree"
+    regions: tuple[RegionConfig, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    directory: str = "analysis"
+    plots: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeConfig:
+    """The whole ``biojax analyze`` configuration."""
+
+    trajectory: TrajectoryConfig
+    features: tuple[FeatureConfig, ...]
+    reduce: ReduceConfig = ReduceConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    msm: MSMConfig = MSMConfig()
+    fes: FESConfig = FESConfig()
+    output: OutputConfig = OutputConfig()
+    encode_angles: bool = True
+    base_dir: str = dataclasses.field(default=".", repr=False, init=False)
+
+    def path(self, p: str) -> str:
+        """Resolve a path from the config relative to the config file's directory."""
+        return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
+
+
+def load_config(path: str | os.PathLike) -> AnalyzeConfig:
+    """Read and validate an analysis TOML file."""
+    path = os.fspath(path)
+    data = load_toml(path)
+    if not data.get("features"):
+        raise ConfigError(f"{path}: at least one [[features]] table is required")
+    cfg = from_dict(AnalyzeConfig, data, path)
+    object.__setattr__(cfg, "base_dir", os.path.dirname(os.path.abspath(path)))
+    return cfg

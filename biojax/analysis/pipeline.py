@@ -1,0 +1,340 @@
+"""``biojax analyze``: trajectories → features → (PCA/TICA) → states → populations, MSM,
+free-energy surface → ``states.csv``, ``fes.npz``, ``summary.json`` and PNG plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from biojax.analysis import cluster as clu
+from biojax.analysis import decomposition, features, fes, msm, selection
+from biojax.analysis.config import AnalyzeConfig, FeatureConfig
+from biojax.analysis.trajectory import Trajectory, load_trajectory, read_positions
+from biojax.errors import AnalysisError, ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTable:
+    """Raw features (n_frames, n) with a name and a periodic (angle) flag per column."""
+
+    values: np.ndarray
+    names: tuple[str, ...]
+    periodic: tuple[bool, ...]
+
+
+def _selection(traj: Trajectory, sel) -> np.ndarray:
+    if sel is None:
+        return np.arange(traj.n_atoms)
+    return selection.select(traj.topology, traj.n_atoms, selection.Selection(
+        **{f.name: getattr(sel, f.name) for f in dataclasses.fields(sel)}))
+
+
+def _reference(cfg: AnalyzeConfig, fc: FeatureConfig, traj: Trajectory) -> np.ndarray:
+    if fc.reference is None:
+        return traj.positions[0]
+    ref = read_positions(cfg.path(fc.reference))[0]
+    if ref.shape != traj.positions.shape[1:]:
+        raise AnalysisError(f"reference {fc.reference} has {ref.shape[0]} atoms, "
+                            f"trajectory {traj.source} has {traj.n_atoms}")
+    return ref
+
+
+def compute_features(cfg: AnalyzeConfig, traj: Trajectory, fc: FeatureConfig
+                     ) -> FeatureTable:
+    """One feature block of the config evaluated on one trajectory."""
+    pos = traj.positions
+    if fc.kind == "backbone_dihedrals":
+        if traj.topology is None:
+            raise AnalysisError(f"backbone_dihedrals need a topology for {traj.source}; "
+                                f"set trajectory.topology to a PDB file")
+        quads, names = selection.backbone_dihedrals(traj.topology, fc.angles)
+        return FeatureTable(np.asarray(features.dihedrals(pos, quads)), tuple(names),
+                            (True,) * len(names))
+    if fc.kind == "dihedrals":
+        if not fc.atoms:
+            raise ConfigError("features kind 'dihedrals' needs atoms = [[i, j, k, l], ...]")
+        names = fc.names or tuple(f"dihedral_{'_'.join(map(str, q))}" for q in fc.atoms)
+        _check_names(names, len(fc.atoms))
+        return FeatureTable(np.asarray(features.dihedrals(pos, np.asarray(fc.atoms))),
+                            tuple(names), (True,) * len(names))
+    if fc.kind in ("distances", "contacts"):
+        pairs = (np.asarray(fc.atoms) if fc.atoms else
+                 features.all_pairs(_selection(traj, fc.selection)))
+        if fc.kind == "distances":
+            vals = features.distances(pos, pairs)
+        else:
+            vals = features.contacts(pos, pairs, fc.cutoff)
+        names = fc.names or tuple(f"{fc.kind[:-1]}_{i}_{j}" for i, j in pairs)
+        _check_names(names, len(pairs))
+        return FeatureTable(np.asarray(vals), tuple(names), (False,) * len(names))
+    idx = _selection(traj, fc.selection)
+    ref = _reference(cfg, fc, traj)
+    if fc.kind == "aligned_coordinates":
+        vals = np.asarray(features.aligned_coordinates(pos, ref, idx))
+        names = tuple(f"{c}{i}" for i in idx for c in "xyz")
+        return FeatureTable(vals, names, (False,) * len(names))
+    vals = np.asarray(features.rmsd(pos, ref, idx))[:, None]
+    return FeatureTable(vals, ("rmsd",), (False,))
+
+
+def _check_names(names, n):
+    if len(names) != n:
+        raise ConfigError(f"feature names {list(names)} must have one entry per feature "
+                          f"({n})")
+
+
+def _concat(tables: list[FeatureTable]) -> FeatureTable:
+    names = sum((t.names for t in tables), ())
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"duplicate feature names {dup}; set 'names' in [[features]]")
+    return FeatureTable(np.concatenate([t.values for t in tables], 1), names,
+                        sum((t.periodic for t in tables), ()))
+
+
+def encode(table: FeatureTable, encode_angles: bool) -> np.ndarray:
+    """Angles → (sin, cos) columns when ``encode_angles``; other columns unchanged."""
+    per = np.asarray(table.periodic)
+    if not encode_angles or not per.any():
+        return table.values.astype(np.float32)
+    ang = table.values[:, per]
+    return np.concatenate([table.values[:, ~per], np.asarray(features.sincos(ang))],
+                          1).astype(np.float32)
+
+
+def _resolve(name: str, names: tuple[str, ...]) -> int:
+    if name in names:
+        return names.index(name)
+    hits = [i for i, n in enumerate(names) if n.startswith(name)]
+    if len(hits) != 1:
+        raise ConfigError(f"fes feature {name!r} {'is ambiguous' if hits else 'not found'};"
+                          f" available: {', '.join(names)}")
+    return hits[0]
+
+
+def _region_mask(values: np.ndarray, boxes) -> np.ndarray:
+    m = np.zeros(values.shape[0], bool)
+    for box in boxes:
+        if len(box) != values.shape[1]:
+            raise ConfigError(f"region box {box} needs one [lo, hi] per FES dimension "
+                              f"({values.shape[1]})")
+        inside = np.ones(values.shape[0], bool)
+        for d, (lo, hi) in enumerate(box):
+            inside &= (values[:, d] >= lo) & (values[:, d] < hi)
+        m |= inside
+    return m
+
+
+def _state_centres(values: np.ndarray, periodic, labels: np.ndarray, n: int,
+                   to_unit: float) -> np.ndarray:
+    out = np.full((n, values.shape[1]), np.nan)
+    for s in range(n):
+        v = values[labels == s]
+        if len(v) == 0:
+            continue
+        for d in range(values.shape[1]):
+            if periodic[d]:
+                out[s, d] = math.atan2(np.sin(v[:, d] / to_unit).mean(),
+                                       np.cos(v[:, d] / to_unit).mean()) * to_unit
+            else:
+                out[s, d] = v[:, d].mean()
+    return out
+
+
+def _json_float(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def run_analysis(cfg: AnalyzeConfig, out_dir: str | None = None) -> dict:
+    """Run the analysis described by ``cfg``; write outputs to ``out_dir`` (default the
+    config's output.directory) and return the summary dict."""
+    t_start = time.perf_counter()
+    out_dir = out_dir or cfg.path(cfg.output.directory)
+    tc = cfg.trajectory
+    top = cfg.path(tc.topology) if tc.topology else None
+    trajs = [load_trajectory(cfg.path(p), top, tc.stride) for p in tc.paths]
+    if len({t.n_atoms for t in trajs}) != 1:
+        raise AnalysisError(f"trajectories have different atom counts "
+                            f"{[(t.source, t.n_atoms) for t in trajs]}")
+    tables = [_concat([compute_features(cfg, t, fc) for fc in cfg.features]) for t in trajs]
+    lengths = [t.n_frames for t in trajs]
+    table = FeatureTable(np.concatenate([t.values for t in tables]), tables[0].names,
+                         tables[0].periodic)
+    x = encode(table, cfg.encode_angles)
+    n = x.shape[0]
+
+    # dimensionality reduction
+    red = None
+    y = None
+    rc = cfg.reduce
+    if rc.method != "none":
+        n_comp = min(rc.n_components, x.shape[1])
+        if rc.method == "pca":
+            red = decomposition.pca(x, n_comp)
+        else:
+            red = decomposition.tica(decomposition.split_frames(x, lengths), rc.lag, n_comp)
+        y = red.transform(x)
+    prefix = {"pca": "pc", "tica": "tic"}.get(rc.method, "")
+
+    # clustering
+    cc = cfg.cluster
+    if cc.space == "reduced" and y is None:
+        raise ConfigError("cluster.space = 'reduced' needs reduce.method = 'pca' or 'tica'")
+    space = y if cc.space == "reduced" else x
+    if cc.method == "kmeans":
+        res = clu.kmeans(space, cc.k, n_init=cc.n_init, max_iter=cc.max_iter, tol=cc.tol,
+                         seed=cc.seed)
+        centers, labels, inertia = res.centers, res.labels, res.inertia
+    elif cc.method == "minibatch_kmeans":
+        res = clu.minibatch_kmeans(space, cc.k, batch_size=cc.batch_size,
+                                   n_steps=cc.n_steps, seed=cc.seed)
+        centers, labels, inertia = res.centers, res.labels, res.inertia
+    else:
+        centers = clu.regspace(space, cc.dmin, cc.max_centers)
+        labels, inertia = clu.assign(space, centers)
+    n_states = int(centers.shape[0])
+    sil = clu.silhouette(space, labels, 5000, cc.seed) if n_states > 1 else None
+    scan = clu.scan_k(space, cc.scan_k, seed=cc.seed) if cc.scan_k else []
+    dtrajs = decomposition.split_frames(labels, lengths)
+
+    # populations and kinetics
+    fc = cfg.fes
+    pops = msm.populations(dtrajs, n_states, fc.n_blocks, fc.n_bootstrap, cc.seed)
+    f_states = fes.state_free_energies(pops.populations, fc.temperature)
+    msm_out = None
+    if cfg.msm.enabled and n_states > 1:
+        model = msm.estimate_msm(dtrajs, cfg.msm.lag, n_states)
+        lags = [lag for lag in cfg.msm.lags if lag < max(lengths)]
+        its = msm.implied_timescales(dtrajs, lags, cfg.msm.n_timescales, n_states)
+        msm_out = (model, lags, its)
+
+    # free-energy surface
+    to_unit = 180.0 / math.pi if fc.angle_unit == "degree" else 1.0
+    fnames = fc.features or table.names[:2]
+    cols, fper, fvals = [], [], []
+    for name in fnames:
+        if prefix and name.startswith(prefix) and name[len(prefix):].isdigit():
+            i = int(name[len(prefix):]) - 1
+            if not 0 <= i < y.shape[1]:
+                raise ConfigError(f"fes feature {name!r}: only {y.shape[1]} components")
+            fvals.append(y[:, i]), fper.append(False), cols.append(name)
+        else:
+            i = _resolve(name, table.names)
+            v = table.values[:, i] * (to_unit if table.periodic[i] else 1.0)
+            fvals.append(v), fper.append(table.periodic[i]), cols.append(table.names[i])
+    if not 1 <= len(cols) <= 2:
+        raise ConfigError(f"fes.features must name 1 or 2 features, got {list(fnames)}")
+    fv = np.stack(fvals, 1)
+    ranges = [(-math.pi * to_unit, math.pi * to_unit) if p else
+              (float(fv[:, d].min()), float(fv[:, d].max())) for d, p in enumerate(fper)]
+    surface = fes.free_energy_surface(fv, fc.bins, ranges, fc.temperature, fc.n_blocks,
+                                      fc.n_bootstrap, cc.seed, cols)
+    centres_fes = _state_centres(fv, fper, labels, n_states, to_unit)
+    regions = []
+    for reg in fc.regions:
+        mask = _region_mask(fv, reg.boxes).astype(np.int64)
+        rp = msm.populations(decomposition.split_frames(mask, lengths), 2, fc.n_blocks,
+                             fc.n_bootstrap, cc.seed)
+        regions.append({"name": reg.name, "population": float(rp.populations[1]),
+                        "population_error": float(rp.errors[1])})
+    if regions:
+        p = np.array([r["population"] for r in regions])
+        fr = fes.state_free_energies(p, fc.temperature)
+        for r, f in zip(regions, fr):
+            r["free_energy_eV"] = _json_float(f)
+            r["free_energy_kJmol"] = _json_float(f * 96.48533212)
+
+    # outputs
+    os.makedirs(out_dir, exist_ok=True)
+    frame_in_traj = np.concatenate([np.arange(m) for m in lengths])
+    traj_idx = np.concatenate([np.full(m, i) for i, m in enumerate(lengths)])
+    _write_states_csv(os.path.join(out_dir, "states.csv"), traj_idx, frame_in_traj,
+                      labels, fv, cols, y, prefix)
+    _atomic_savez(os.path.join(out_dir, "fes.npz"), free_energy_eV=surface.free_energy,
+                  error_eV=surface.error, probability=surface.probability,
+                  edges_0=surface.edges[0],
+                  **({"edges_1": surface.edges[1]} if len(surface.edges) > 1 else {}),
+                  names=np.array(cols), state_centres=centres_fes,
+                  temperature=surface.temperature)
+    unit = "(deg)" if fc.angle_unit == "degree" and any(fper) else ""
+    plots = []
+    if cfg.output.plots:
+        from biojax.analysis import plots as pl
+        plots.append(pl.plot_fes(surface, os.path.join(out_dir, "fes.png"), centres_fes,
+                                 unit=unit))
+        plots.append(pl.plot_populations(
+            pops.populations, pops.errors, os.path.join(out_dir, "populations.png"),
+            stationary=msm_out[0].stationary_full() if msm_out else None))
+        if y is not None:
+            plots.append(pl.plot_projection(
+                y, labels, os.path.join(out_dir, "projection.png"),
+                (f"{prefix}1", f"{prefix}2")))
+        if msm_out and msm_out[1]:
+            plots.append(pl.plot_timescales(msm_out[1], msm_out[2],
+                                            os.path.join(out_dir, "timescales.png")))
+    frame_fs = tc.frame_interval_fs
+    summary = {
+        "n_frames": int(n), "trajectories": [t.source for t in trajs],
+        "frames_per_trajectory": lengths, "n_atoms": trajs[0].n_atoms,
+        "features": list(table.names), "n_encoded_features": int(x.shape[1]),
+        "reduction": None if red is None else {
+            "method": red.kind, "explained": red.explained.tolist(),
+            "eigenvalues": red.eigenvalues.tolist(),
+            "timescales_frames": None if red.timescales is None else
+            [_json_float(t) for t in red.timescales]},
+        "clustering": {"method": cc.method, "space": cc.space, "n_states": n_states,
+                       "inertia": float(inertia), "silhouette": sil, "scan_k": scan},
+        "states": [{
+            "state": s, "population": float(pops.populations[s]),
+            "population_error": float(pops.errors[s]),
+            "free_energy_eV": _json_float(f_states[s]),
+            "free_energy_kJmol": _json_float(f_states[s] * 96.48533212),
+            "centre_fes": {c: _json_float(v) for c, v in zip(cols, centres_fes[s])},
+            "msm_stationary": (float(msm_out[0].stationary_full()[s])
+                               if msm_out else None)} for s in range(n_states)],
+        "regions": regions,
+        "msm": None if not msm_out else {
+            "lag_frames": msm_out[0].lag, "active_set": msm_out[0].active_set.tolist(),
+            "stationary": msm_out[0].stationary_full().tolist(),
+            "timescales_frames": [_json_float(t) for t in msm_out[0].timescales(
+                cfg.msm.n_timescales)],
+            "implied_timescales": {"lags_frames": list(msm_out[1]),
+                                   "timescales_frames": [[_json_float(t) for t in row]
+                                                         for row in msm_out[2]]},
+            "frame_interval_fs": frame_fs},
+        "fes": {"features": cols, "bins": fc.bins, "temperature_K": fc.temperature,
+                "angle_unit": fc.angle_unit, "ranges": ranges},
+        "outputs": ["states.csv", "fes.npz", "summary.json"] +
+                   [os.path.basename(p) for p in plots],
+        "seconds": time.perf_counter() - t_start,
+    }
+    tmp = os.path.join(out_dir, "summary.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    return summary
+
+
+def _atomic_savez(path: str, **arrays) -> None:
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_states_csv(path, traj_idx, frames, labels, fv, cols, y, prefix) -> None:
+    header = ["trajectory", "frame", "state"] + list(cols)
+    data = [traj_idx, frames, labels] + [fv[:, d] for d in range(fv.shape[1])]
+    if y is not None:
+        header += [f"{prefix}{i + 1}" for i in range(min(2, y.shape[1]))]
+        data += [y[:, i] for i in range(min(2, y.shape[1]))]
+    fmt = ["%d", "%d", "%d"] + ["%.6g"] * (len(header) - 3)
+    tmp = path + ".tmp"
+    np.savetxt(tmp, np.column_stack(data), fmt=fmt, delimiter=",",
+               header=",".join(header), comments="")
+    os.replace(tmp, path)
