@@ -188,6 +188,13 @@ def _truncate_log(path: str, last_epoch: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _summary(metrics: dict, label: str) -> str:
+    nan = float("nan")
+    return (f"{label} energy MAE {metrics.get('energy_mae', nan):.2f} meV "
+            f"({metrics.get('energy_per_atom_mae', nan):.2f} meV/atom), "
+            f"force MAE {metrics.get('forces_mae', nan):.2f} meV/Å")
+
+
 # ---------------------------------------------------------------- the loop
 def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                        log: Callable[[str], None] = print) -> dict:
@@ -310,13 +317,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                "n_test": len(datasets["test"]), "architecture": config.architecture["name"],
                "device": jax.devices()[0].device_kind,
                "valid": evaluate_dataset(datasets["valid"], best_params, predict_fn, batch_size)}
+    log(f"stopped ({stop_reason}) after epoch {progress['epoch']}; best epoch "
+        f"{progress['best_epoch']}: " + _summary(results["valid"], "validation"))
     if len(datasets["test"]):
         results["test"] = evaluate_dataset(datasets["test"], best_params, predict_fn, batch_size)
+        log(_summary(results["test"], f"test ({len(datasets['test'])} structures)"))
     tmp = os.path.join(workdir, "metrics.json.tmp")
     with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
     os.replace(tmp, os.path.join(workdir, "metrics.json"))
-    log(f"stopped ({stop_reason}) after epoch {progress['epoch']}; best epoch "
-        f"{progress['best_epoch']}: validation energy MAE {results['valid'].get('energy_mae', float('nan')):.2f} meV, "
-        f"force MAE {results['valid'].get('forces_mae', float('nan')):.2f} meV/Å")
     return results
