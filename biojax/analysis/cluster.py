@@ -21,7 +21,7 @@ import numpy as np
 
 from biojax.errors import AnalysisError
 
-DEFAULT_CHUNK = 8192
+DEFAULT_CHUNK = 16384
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,28 +242,6 @@ def _lloyd_pass(xt, x2, centers, state, active, chunk: int):
     return jax.lax.fori_loop(0, n_chunks, chunk_body, (labels, upper, lower, sums, counts))
 
 
-def _final_pass(xt, x2, centers, chunk: int):
-    """Exact labels (r, n) and inertia (r,) of every restart's centres (r, k, d)."""
-    d, n = xt.shape
-    r, k, _ = centers.shape
-    c2 = jnp.sum(centers * centers, -1)
-
-    def chunk_body(i, acc):
-        start, xs, x2s, fresh = _col_chunk(xt, x2, i, chunk)
-
-        def restart_body(j, acc):
-            labels, inertia = acc
-            lab, m = _nearest(c2[j][:, None] - 2.0 * (centers[j] @ xs), 0)
-            labels = jax.lax.dynamic_update_slice(labels, lab[None], (j, start))
-            e = jnp.sum(jnp.where(fresh, jnp.maximum(m + x2s, 0.0), 0.0))
-            return labels, inertia.at[j].add(e)
-
-        return jax.lax.fori_loop(0, r, restart_body, acc)
-
-    init = (jnp.zeros((r, n), jnp.int32), jnp.zeros((r,), xt.dtype))
-    return jax.lax.fori_loop(0, -(-n // chunk), chunk_body, init)
-
-
 def _label_pass(xt, x2, centers, chunk: int):
     """Nearest-centre labels (n,) int32 and squared distances (n,) for centres (k, d)."""
     d, n = xt.shape
@@ -299,28 +277,40 @@ def _kmeans_core(x, key, tol, max_iter, *, k: int, n_init: int, chunk: int):
                    jnp.zeros((n_init, k), xt.dtype))
 
     def cond(state):
-        it, _, done, _, _ = state
-        return (it < max_iter) & ~jnp.all(done)
+        return ~state[-1]
 
     def step(state):
-        it, centers, done, n_iter, ls = state
-        labels, upper, lower, sums, counts = _lloyd_pass(xt, x2, centers, ls, ~done, chunk)
+        it, centers, done, n_iter, ls, _ = state
+        # after the last iteration, one more pass with every restart active gives exact
+        # labels (hence member sums and counts) for the final centres
+        final = jnp.all(done) | (it >= max_iter)
+        active = final | ~done
+        labels, upper, lower, sums, counts = _lloyd_pass(xt, x2, centers, ls, active, chunk)
         new = jnp.where(counts[..., None] > 0.5,
                         sums / jnp.maximum(counts, 1.0)[..., None],
                         centers)  # an empty cluster keeps its centre
-        new = jnp.where(done[:, None, None], centers, new)
-        moved = jnp.sqrt(jnp.sum((new - centers) ** 2, -1))
+        frozen = done | final
+        new = jnp.where(frozen[:, None, None], centers, new)
+        # a finished restart keeps the last movement: its bounds still need it
+        moved = jnp.where(frozen[:, None], ls[5],
+                          jnp.sqrt(jnp.sum((new - centers) ** 2, -1)))
         shift = jnp.sum(moved ** 2, -1)
-        n_iter = n_iter + (~done).astype(jnp.int32)
-        return (it + 1, new, done | (shift <= tol_abs), n_iter,
-                (labels, upper, lower, sums, counts, moved))
+        n_iter = n_iter + (~frozen).astype(jnp.int32)
+        return (it + 1, new, done | (~final & (shift <= tol_abs)), n_iter,
+                (labels, upper, lower, sums, counts, moved), final)
 
     zeros = jnp.zeros((n_init,), jnp.int32)
-    _, centers, done, n_iter, _ = jax.lax.while_loop(
-        cond, step, (jnp.int32(0), centers, jnp.zeros((n_init,), bool), zeros, lloyd_state))
-    labels, inertia = _final_pass(xt, x2, centers, chunk)
+    _, centers, done, n_iter, ls, _ = jax.lax.while_loop(
+        cond, step, (jnp.int32(0), centers, jnp.zeros((n_init,), bool), zeros, lloyd_state,
+                     jnp.bool_(False)))
+    # inertia Σ|x|² - 2 Σ_k c_k·S_k + Σ_k n_k |c_k|² from the exact member sums S_k
+    sums, counts = ls[3], ls[4]
+    inertia = (jnp.sum(x2) - 2.0 * jnp.einsum("rkd,rkd->r", centers, sums)
+               + jnp.einsum("rk,rk->r", counts, jnp.sum(centers * centers, -1)))
     best = jnp.argmin(inertia)
-    return centers[best] + mean, labels[best], inertia, best, n_iter[best], done[best]
+    labels, mind = _label_pass(xt, x2, centers[best], chunk)
+    inertia = inertia.at[best].set(jnp.sum(mind))  # the best one exactly, from distances
+    return centers[best] + mean, labels, inertia, best, n_iter[best], done[best]
 
 
 def kmeans(x, k: int, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
@@ -381,6 +371,20 @@ def inertia(x, centers) -> float:
 # ----------------------------------------------------------------------- mini-batch
 
 
+@functools.partial(jax.jit, static_argnames=("k", "n_init"))
+def _seed_subset(xs, key, *, k: int, n_init: int):
+    """k-means++ seeds on a subset (n_init tries), keeping the lowest-inertia one."""
+    mean = jnp.mean(xs, 0)
+    xt = (xs - mean).T
+    x2 = jnp.sum(xt * xt, 0)
+    cents = _kmeanspp(jax.random.split(key, n_init), xt, x2, k, 2 + int(math.log(k)),
+                      xt.shape[1])
+    c2 = jnp.sum(cents * cents, -1)
+    dist = c2[:, :, None] - 2.0 * jnp.einsum("rkd,dn->rkn", cents, xt) + x2
+    best = jnp.argmin(jnp.sum(jnp.min(dist, 1), -1))
+    return cents[best] + mean
+
+
 @jax.jit
 def _minibatch_step(centers, counts, xb):
     d = _sqdist(xb, jnp.sum(xb * xb, -1), centers, jnp.sum(centers * centers, -1))
@@ -411,9 +415,8 @@ def minibatch_kmeans(x, k: int, batch_size: int = 4096, n_steps: int = 300,
     rng = np.random.default_rng(seed)
     init_size = int(min(n, init_size or max(3 * batch_size, 3 * k)))
     sub = np.sort(rng.choice(n, init_size, replace=False))
-    init = kmeans(np.asarray(x[sub], np.float32), k, n_init=n_init, max_iter=20,
-                  seed=seed)
-    centers = jnp.asarray(init.centers)
+    centers = _seed_subset(jnp.asarray(np.asarray(x[sub], np.float32)),
+                           jax.random.PRNGKey(seed), k=int(k), n_init=int(n_init))
     counts = jnp.zeros((k,), jnp.float32)
     batch_size = int(min(batch_size, n))
     for _ in range(n_steps):

@@ -42,7 +42,7 @@ def _block_bootstrap(block_counts: jax.Array, n_boot: int, seed: int) -> jax.Arr
     """Resample blocks with replacement: (n_boot, ...) summed counts."""
     n_blocks = block_counts.shape[0]
     idx = jax.random.randint(jax.random.PRNGKey(seed), (n_boot, n_blocks), 0, n_blocks)
-    w = jax.vmap(lambda i: jnp.bincount(i, length=n_blocks))(idx).astype(jnp.float32)
+    w = jnp.sum(jax.nn.one_hot(idx, n_blocks, dtype=jnp.float32), 1)
     return jnp.tensordot(w, block_counts, axes=(1, 0))
 
 
