@@ -113,8 +113,14 @@ class Simulation:
         p = np.asarray(state.position)
         return list(p) if self._batched else [p]
 
+    def _host_box(self, state):
+        """The box of (each replica of) a state on the host, or None for fixed boxes."""
+        if self.cfg.ensemble != "npt":
+            return None
+        return jax.vmap(self.integ.box)(state) if self._batched else self.integ.box(state)
+
     def _state_boxes(self, state) -> list[dict]:
-        box = self.integ.box(state)
+        box = self._host_box(state)
         if box is None:
             return [{}] * self.cfg.replicas
         b = np.asarray(box)
@@ -351,7 +357,7 @@ class Simulation:
             pos = pick(src.position)
             vel = pick(src.momentum / src.mass) if cfg.write_velocities else None
             force = pick(src.force) if cfg.write_forces else None
-            box = self.integ.box(src)
+            box = self._host_box(src)
             box = None if box is None else pick(box)
         else:
             pos = pick(src["position"])

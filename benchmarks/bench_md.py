@@ -1,0 +1,412 @@
+"""MD benchmarks: biojax vs raw jax-md vs OpenMM (LJ fluid), biojax vs ASE driving the same
+learned potential (alanine dipeptide), replica scaling vs OpenMM AMBER/implicit solvent,
+compile time of the first chunk and peak memory.
+
+    python benchmarks/bench_md.py            # everything, writes benchmarks/results/md.{json,md}
+    python benchmarks/bench_md.py --quick    # small sizes, a smoke test of the script
+
+Every case runs in its own subprocess (``--case NAME --args JSON``) so that peak memory
+(ru_maxrss) is per case and OpenMM never shares a process with JAX. Timings exclude
+compilation (reported separately as the first chunk's wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SIGMA, EPS, CUTOFF = 3.405, 0.0103, 8.5  # argon LJ, Å / eV / Å
+A_FCC = 5.8                                # Å, liquid density ρ* ≈ 0.81
+ALA2 = os.path.join(ROOT, "examples", "md", "alanine_dipeptide.extxyz")
+ARCH = {"name": "schnet", "features": 64, "n_interactions": 3, "n_basis": 32}
+MODEL_CUTOFF = 5.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ====================================================================== cases (children)
+def lj_atoms(n_cells: int):
+    from ase.lattice.cubic import FaceCenteredCubic
+
+    return FaceCenteredCubic("Ar", size=(n_cells,) * 3, latticeconstant=A_FCC)
+
+
+def case_lj_biojax(n_cells: int, steps: int) -> dict:
+    """biojax Simulation (NVE, 2 fs, observables every 100 steps, no files)."""
+    from biojax.md.config import default_config
+    from biojax.md.simulation import Simulation
+    from biojax.nn.classical import lennard_jones
+
+    atoms = lj_atoms(n_cells)
+    pot = lennard_jones([18], SIGMA, EPS, cutoff=CUTOFF)
+    cfg = default_config(ensemble="nve", timestep_fs=2.0, temperature_K=120.0,
+                         steps=2 * steps, chunk_steps=steps,
+                         observe_every=math.gcd(100, steps),
+                         frame_every=steps)
+    s = Simulation(atoms, pot, cfg).run(None)
+    steady = s["wall_s"] - s["first_chunk_s"]
+    return {"atoms": len(atoms), "steps": steps, "seconds": steady,
+            "atom_steps_per_s": len(atoms) * steps / steady,
+            "first_chunk_s": s["first_chunk_s"], "compilations": s["compilations"]}
+
+
+def case_lj_jaxmd(n_cells: int, steps: int) -> dict:
+    """The same system written directly on jax-md (its own LJ, neighbor list, NVE)."""
+    import jax
+    import jax.numpy as jnp
+    import ase.units as U
+    from jax_md import energy, partition, simulate, space
+
+    atoms = lj_atoms(n_cells)
+    box = jnp.asarray(atoms.cell.diagonal(), jnp.float32)
+    disp, shift = space.periodic(box)
+    neighbor_fn, energy_fn = energy.lennard_jones_neighbor_list(
+        disp, box, sigma=SIGMA, epsilon=EPS, r_onset=0.8 * CUTOFF / SIGMA,
+        r_cutoff=CUTOFF / SIGMA, dr_threshold=0.5, format=partition.Dense)
+    init, apply = simulate.nve(energy_fn, shift, dt=2.0 * U.fs)
+    R = jnp.asarray(atoms.positions, jnp.float32)
+    nbrs = neighbor_fn.allocate(R)
+    mass = jnp.asarray(atoms.get_masses(), jnp.float32)
+    state = init(jax.random.PRNGKey(0), R, 120.0 * U.kB, mass=mass, neighbor=nbrs)
+
+    @jax.jit
+    def run(state, nbrs):
+        def body(_, c):
+            s, n = c
+            s = apply(s, neighbor=n)
+            return s, n.update(s.position)
+        return jax.lax.fori_loop(0, steps, body, (state, nbrs))
+
+    extra = 0
+
+    def run_checked(state, nbrs):
+        # what a raw jax-md user writes: after an overflow, reallocate bigger and rerun
+        nonlocal extra
+        while True:
+            t = time.perf_counter()
+            new_state, new_nbrs = jax.block_until_ready(run(state, nbrs))
+            seconds = time.perf_counter() - t
+            if not new_nbrs.did_buffer_overflow:
+                return new_state, new_nbrs, seconds
+            extra += max(8, nbrs.idx.shape[-1] // 2)
+            nbrs = neighbor_fn.allocate(state.position, extra_capacity=extra)
+
+    t = time.perf_counter()
+    state, nbrs, _ = run_checked(state, nbrs)
+    first = time.perf_counter() - t
+    state, nbrs, steady = run_checked(state, nbrs)
+    return {"atoms": len(atoms), "steps": steps, "seconds": steady,
+            "atom_steps_per_s": len(atoms) * steps / steady, "first_chunk_s": first}
+
+
+def case_lj_openmm(n_cells: int, steps: int) -> dict:
+    """OpenMM CPU platform: NonbondedForce LJ, same cutoff and switch, Verlet 2 fs."""
+    import openmm
+    import openmm.unit as u
+
+    atoms = lj_atoms(n_cells)
+    system = openmm.System()
+    L = atoms.cell.diagonal() / 10.0
+    system.setDefaultPeriodicBoxVectors(openmm.Vec3(L[0], 0, 0), openmm.Vec3(0, L[1], 0),
+                                        openmm.Vec3(0, 0, L[2]))
+    nb = openmm.NonbondedForce()
+    nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
+    nb.setCutoffDistance(CUTOFF / 10.0)
+    nb.setUseSwitchingFunction(True)
+    nb.setSwitchingDistance(0.8 * CUTOFF / 10.0)
+    nb.setUseDispersionCorrection(False)
+    eps_kj = EPS * 96.48533212
+    for _ in range(len(atoms)):
+        system.addParticle(39.948)
+        nb.addParticle(0.0, SIGMA / 10.0, eps_kj)
+    system.addForce(nb)
+    integrator = openmm.VerletIntegrator(2.0 * u.femtoseconds)
+    threads = os.cpu_count()
+    platform_ = openmm.Platform.getPlatformByName("CPU")
+    ctx = openmm.Context(system, integrator, platform_, {"Threads": str(threads)})
+    ctx.setPositions(atoms.positions / 10.0)
+    ctx.setVelocitiesToTemperature(120.0)
+    t = time.perf_counter()
+    integrator.step(10)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    integrator.step(steps)
+    ctx.getState(getEnergy=True)
+    steady = time.perf_counter() - t
+    return {"atoms": len(atoms), "steps": steps, "seconds": steady,
+            "atom_steps_per_s": len(atoms) * steps / steady, "first_chunk_s": first,
+            "threads": threads}
+
+
+def _ala2_potential():
+    import jax
+    import numpy as np
+    import ase.io
+    from biojax.nn.models import init_potential
+
+    atoms = ase.io.read(ALA2)
+    pot = init_potential(ARCH, sorted(set(int(z) for z in atoms.numbers)), MODEL_CUTOFF,
+                         key=jax.random.PRNGKey(0))
+    return atoms, pot
+
+
+def case_ala2_biojax(replicas: int, steps: int, timestep_fs: float = 0.5) -> dict:
+    """biojax Langevin MD of R alanine-dipeptide replicas on a SchNet (fresh weights)."""
+    from biojax.md.config import default_config
+    from biojax.md.simulation import Simulation
+
+    atoms, pot = _ala2_potential()
+    cfg = default_config(ensemble="nvt-langevin", timestep_fs=timestep_fs,
+                         temperature_K=300.0, steps=2 * steps, chunk_steps=steps,
+                         observe_every=math.gcd(50, steps), frame_every=steps,
+                         replicas=replicas)
+    s = Simulation(atoms, pot, cfg).run(None)
+    steady = s["wall_s"] - s["first_chunk_s"]
+    sps = steps / steady
+    ns_day = sps * timestep_fs * 86400 / 1e6
+    return {"replicas": replicas, "steps": steps, "timestep_fs": timestep_fs,
+            "seconds": steady, "steps_per_s": sps, "ns_per_day": ns_day,
+            "aggregate_ns_per_day": ns_day * replicas, "first_chunk_s": s["first_chunk_s"],
+            "compilations": s["compilations"]}
+
+
+def case_ala2_ase(steps: int, timestep_fs: float = 0.5) -> dict:
+    """ASE VelocityVerlet driving the same model through BiojaxCalculator."""
+    import ase.units as U
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+    import numpy as np
+    from biojax.calculator import BiojaxCalculator
+
+    atoms, pot = _ala2_potential()
+    atoms.calc = BiojaxCalculator(pot)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=timestep_fs * U.fs)
+    t = time.perf_counter()
+    dyn.run(5)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    dyn.run(steps)
+    steady = time.perf_counter() - t
+    sps = steps / steady
+    return {"steps": steps, "timestep_fs": timestep_fs, "seconds": steady,
+            "steps_per_s": sps, "ns_per_day": sps * timestep_fs * 86400 / 1e6,
+            "first_chunk_s": first}
+
+
+def case_ala2_openmm(steps: int) -> dict:
+    """OpenMM CPU: AMBER (openmmtools' prmtop) + OBC2 implicit solvent, HBonds, 2 fs."""
+    import importlib.util
+
+    import openmm
+    import openmm.app as app
+    import openmm.unit as u
+
+    folder = os.path.join(importlib.util.find_spec("openmmtools").submodule_search_locations[0],
+                          "data", "alanine-dipeptide-gbsa")
+    prmtop = app.AmberPrmtopFile(os.path.join(folder, "alanine-dipeptide.prmtop"))
+    pdb = app.PDBFile(os.path.join(folder, "alanine-dipeptide.pdb"))
+    system = prmtop.createSystem(implicitSolvent=app.OBC2, nonbondedMethod=app.NoCutoff,
+                                 constraints=app.HBonds)
+    integrator = openmm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond,
+                                                 2 * u.femtoseconds)
+    threads = os.cpu_count()
+    ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"),
+                         {"Threads": str(threads)})
+    ctx.setPositions(pdb.positions)
+    openmm.LocalEnergyMinimizer.minimize(ctx)
+    integrator.step(100)
+    t = time.perf_counter()
+    integrator.step(steps)
+    ctx.getState(getEnergy=True)
+    steady = time.perf_counter() - t
+    sps = steps / steady
+    return {"steps": steps, "timestep_fs": 2.0, "seconds": steady, "steps_per_s": sps,
+            "ns_per_day": sps * 2.0 * 86400 / 1e6, "threads": threads,
+            "force_field": "AMBER (openmmtools alanine-dipeptide-gbsa prmtop) + OBC2, HBonds"}
+
+
+CASES = {"lj-biojax": case_lj_biojax, "lj-jaxmd": case_lj_jaxmd, "lj-openmm": case_lj_openmm,
+         "ala2-biojax": case_ala2_biojax, "ala2-ase": case_ala2_ase,
+         "ala2-openmm": case_ala2_openmm}
+
+
+def child(name: str, kwargs: dict) -> None:
+    result = CASES[name](**kwargs)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ====================================================================== driver (parent)
+def run_case(name: str, timeout: float = 900, **kwargs) -> dict:
+    t = time.perf_counter()
+    load = os.getloadavg()
+    proc = subprocess.run([sys.executable, __file__, "--case", name, "--args",
+                           json.dumps(kwargs)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"case {name} {kwargs} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(lines[-1][7:])
+    result.update(case=name, wall_s=time.perf_counter() - t, loadavg_before=load,
+                  loadavg_after=os.getloadavg())
+    print(f"  {name} {kwargs}: " + ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+        if k in ("atom_steps_per_s", "ns_per_day", "aggregate_ns_per_day", "steps_per_s",
+                 "first_chunk_s", "peak_rss_mb")), flush=True)
+    return result
+
+
+def device_info() -> dict:
+    import jax
+
+    return {"jax_backend": jax.default_backend(), "jax_devices": [str(d) for d in jax.devices()],
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "jax": jax.__version__}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case")
+    ap.add_argument("--args", default="{}")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="lj,ala2,replicas")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+    if args.case:
+        child(args.case, json.loads(args.args))
+        return 0
+    only = set(args.only.split(","))
+    results = {"device": device_info(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "loadavg_start": os.getloadavg(),
+               "notes": ["learned potential = SchNet (64 features, 3 interactions, 5 Å "
+                         "cutoff) with freshly initialised weights: the cost of a step does "
+                         "not depend on the weights' values",
+                         "timings exclude compilation; first_chunk_s is the wall time of "
+                         "the first (compiling) chunk",
+                         "machine shared with other engineers: see loadavg per case"]}
+    partial = os.path.join(args.out, "md_partial.json")
+    os.makedirs(args.out, exist_ok=True)
+
+    def save_partial():  # a crash late in the run keeps the earlier cases
+        with open(partial, "w") as f:
+            json.dump(results, f, indent=2)
+
+    # ---- 1. LJ fluid
+    if "lj" in only:
+        sizes = [(7, 200), (11, 50)] if args.quick else \
+            [(7, 500), (11, 200), (16, 100), (20, 50)]  # 1372, 5324, 16384, 32000 atoms
+        results["lj"] = []
+        for n, steps in sizes:
+            row = {}
+            for engine in ("biojax", "jaxmd", "openmm"):
+                row[engine] = run_case(f"lj-{engine}", n_cells=n, steps=steps)
+            results["lj"].append(row)
+            save_partial()
+    # ---- 2. learned potential: biojax vs ASE; 3. replicas vs OpenMM AMBER
+    replica_steps = {1: 200, 16: 100} if args.quick else \
+        {1: 2000, 4: 1000, 16: 400, 64: 200, 256: 100}
+    runs = {}
+    if "ala2" in only:
+        runs[1] = run_case("ala2-biojax", replicas=1, steps=replica_steps[1])
+        runs[64] = run_case("ala2-biojax", replicas=64, steps=100 if args.quick else 200)
+        results["ala2"] = {"biojax_1": runs[1], "biojax_64": runs[64],
+                           "ase": run_case("ala2-ase", steps=50 if args.quick else 200)}
+        save_partial()
+    if "replicas" in only:
+        results["replicas"] = {
+            "openmm": run_case("ala2-openmm", steps=2000 if args.quick else 20000),
+            "biojax": [runs.get(r) or run_case("ala2-biojax", replicas=r, steps=steps)
+                       for r, steps in replica_steps.items()]}
+        save_partial()
+    results["loadavg_end"] = os.getloadavg()
+    os.makedirs(args.out, exist_ok=True)
+    name = "md_quick" if args.quick else "md"
+    previous = os.path.join(args.out, name + ".json")
+    if only != {"lj", "ala2", "replicas"} and os.path.exists(previous):
+        with open(previous) as f:  # a partial rerun keeps the other sections
+            old = json.load(f)
+        for key in ("lj", "ala2", "replicas"):
+            if key not in only and key in old:
+                results[key] = old[key]
+                results.setdefault("sections_from_earlier_run", []).append(
+                    f"{key} (started {old['started']})")
+    with open(os.path.join(args.out, name + ".json.tmp"), "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(os.path.join(args.out, name + ".json.tmp"), os.path.join(args.out, name + ".json"))
+    md = markdown(results)
+    with open(os.path.join(args.out, name + ".md.tmp"), "w") as f:
+        f.write(md)
+    os.replace(os.path.join(args.out, name + ".md.tmp"), os.path.join(args.out, name + ".md"))
+    print(md)
+    return 0
+
+
+def markdown(r: dict) -> str:
+    d = r["device"]
+    lines = [f"# biojax MD benchmarks", "",
+             f"Device: JAX {d['jax']} on {d['jax_backend']} ({d['cores']} CPU cores, "
+             f"{d['cpu']}); OpenMM CPU platform with {d['cores']} threads. Started "
+             f"{r['started']}, load average {r['loadavg_start'][0]:.1f} at start, "
+             f"{r['loadavg_end'][0]:.1f} at end (shared machine).", ""]
+    if "lj" in r:
+        lines += ["## 1. Lennard-Jones fluid (argon, ρ* ≈ 0.81, 8.5 Å cutoff, NVE 2 fs)", "",
+                  "| atoms | biojax atom-steps/s | raw jax-md | OpenMM CPU | biojax / jax-md | "
+                  "biojax / OpenMM | biojax first chunk (s) | biojax peak RSS (MB) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in r["lj"]:
+            b, j, o = row["biojax"], row["jaxmd"], row["openmm"]
+            lines.append(
+                f"| {b['atoms']} | {b['atom_steps_per_s']:.3g} | {j['atom_steps_per_s']:.3g} | "
+                f"{o['atom_steps_per_s']:.3g} | {b['atom_steps_per_s'] / j['atom_steps_per_s']:.2f} | "
+                f"{b['atom_steps_per_s'] / o['atom_steps_per_s']:.2f} | "
+                f"{b['first_chunk_s']:.1f} | {b['peak_rss_mb']:.0f} |")
+        lines.append("")
+    if "ala2" in r:
+        a = r["ala2"]
+        b1, b64, ase_ = a["biojax_1"], a["biojax_64"], a["ase"]
+        lines += ["## 2. Learned potential (SchNet) on alanine dipeptide, 0.5 fs", "",
+                  "| engine | steps/s | ns/day per trajectory | aggregate ns/day | "
+                  "speed-up vs ASE | first chunk (s) | peak RSS (MB) |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, x, agg in (("ASE VelocityVerlet + BiojaxCalculator", ase_, ase_["ns_per_day"]),
+                              ("biojax, 1 trajectory", b1, b1["aggregate_ns_per_day"]),
+                              ("biojax, 64 replicas", b64, b64["aggregate_ns_per_day"])):
+            lines.append(f"| {label} | {x['steps_per_s']:.3g} | {x['ns_per_day']:.3g} | "
+                         f"{agg:.3g} | {agg / ase_['ns_per_day']:.1f}× | "
+                         f"{x['first_chunk_s']:.1f} | {x['peak_rss_mb']:.0f} |")
+        lines.append("")
+    if "replicas" in r:
+        o = r["replicas"]["openmm"]
+        lines += ["## 3. Replicas: aggregate ns/day, alanine dipeptide", "",
+                  f"OpenMM CPU, {o['force_field']}, 2 fs Langevin, one trajectory: "
+                  f"**{o['ns_per_day']:.0f} ns/day** (peak RSS {o['peak_rss_mb']:.0f} MB).", "",
+                  "| replicas R | biojax steps/s | ns/day per replica | aggregate ns/day | "
+                  "vs OpenMM | first chunk (s) | peak RSS (MB) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for x in r["replicas"]["biojax"]:
+            lines.append(f"| {x['replicas']} | {x['steps_per_s']:.3g} | {x['ns_per_day']:.3g} | "
+                         f"{x['aggregate_ns_per_day']:.3g} | "
+                         f"{x['aggregate_ns_per_day'] / o['ns_per_day']:.2f}× | "
+                         f"{x['first_chunk_s']:.1f} | {x['peak_rss_mb']:.0f} |")
+        lines.append("")
+    if r.get("sections_from_earlier_run"):
+        lines += ["Sections kept from an earlier run of this script: "
+                  + ", ".join(r["sections_from_earlier_run"]) + ".", ""]
+    lines += ["Notes: " + " ".join(f"({i + 1}) {n}." for i, n in enumerate(r["notes"])), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
