@@ -9,6 +9,7 @@ visited have F = +inf and probability 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 
-from biojax.analysis.msm import _block_bootstrap
+from biojax.analysis.msm import bootstrap_weights
 from biojax.errors import AnalysisError
 
 
@@ -68,6 +69,21 @@ def _free_energy(counts, kt):
     return p, f - jnp.min(f, -1, keepdims=True)
 
 
+@jax.jit
+def _fes_core(bc, kt, w):
+    """Probability, F and block-bootstrap error of F from block histograms (blocks, bins)
+    and bootstrap block weights w (n_boot, blocks)."""
+    n_boot = w.shape[0]
+    p, f = _free_energy(jnp.sum(bc, 0), kt)
+    _, fb = _free_energy(w @ bc, kt)
+    finite = jnp.isfinite(fb)
+    n_ok = jnp.sum(finite, 0)
+    mean = jnp.sum(jnp.where(finite, fb, 0.0), 0) / jnp.maximum(n_ok, 1)
+    var = jnp.sum(jnp.where(finite, (fb - mean) ** 2, 0.0), 0) / jnp.maximum(n_ok - 1, 1)
+    err = jnp.where(n_ok >= max(2, n_boot // 2), jnp.sqrt(var), jnp.nan)
+    return p, f, err
+
+
 def free_energy_surface(values, bins: int | Sequence[int] = 50, ranges=None,
                         temperature: float = 300.0, n_blocks: int = 10,
                         n_bootstrap: int = 200, seed: int = 0,
@@ -107,15 +123,8 @@ def free_energy_surface(values, bins: int | Sequence[int] = 50, ranges=None,
     total = bc.sum(0)
     if total.sum() == 0:
         raise AnalysisError(f"no frame falls inside the histogram range {ranges}")
-    kt = kT(temperature)
-    p, f = _free_energy(jnp.asarray(total), kt)
-    boot = _block_bootstrap(jnp.asarray(bc), n_bootstrap, seed)
-    _, fb = _free_energy(boot, kt)
-    finite = jnp.isfinite(fb)
-    n_ok = jnp.sum(finite, 0)
-    mean = jnp.sum(jnp.where(finite, fb, 0.0), 0) / jnp.maximum(n_ok, 1)
-    var = jnp.sum(jnp.where(finite, (fb - mean) ** 2, 0.0), 0) / jnp.maximum(n_ok - 1, 1)
-    err = jnp.where(n_ok >= max(2, n_bootstrap // 2), jnp.sqrt(var), jnp.nan)
+    w = bootstrap_weights(n_bootstrap, n_blocks, seed)
+    p, f, err = _fes_core(jnp.asarray(bc), kT(temperature), w)
     shape = tuple(bins)
     return FES(edges, np.asarray(p).reshape(shape), np.asarray(f).reshape(shape),
                np.asarray(err).reshape(shape), float(temperature), tuple(names))

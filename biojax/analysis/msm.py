@@ -8,6 +8,7 @@ them (one per independent trajectory). Lag times and timescales are in frames.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -38,11 +39,17 @@ def _n_states(dtrajs, n_states: int | None) -> int:
     return n_states
 
 
+@functools.partial(jax.jit, static_argnames=("n_boot", "n_blocks", "seed"))
+def bootstrap_weights(n_boot: int, n_blocks: int, seed: int) -> jax.Array:
+    """How often each of ``n_blocks`` blocks is drawn in each of ``n_boot`` resamples
+    with replacement: (n_boot, n_blocks) float32, rows summing to n_blocks."""
+    idx = jax.random.randint(jax.random.PRNGKey(seed), (n_boot, n_blocks), 0, n_blocks)
+    return jnp.sum(jax.nn.one_hot(idx, n_blocks, dtype=jnp.float32), 1)
+
+
 def _block_bootstrap(block_counts: jax.Array, n_boot: int, seed: int) -> jax.Array:
     """Resample blocks with replacement: (n_boot, ...) summed counts."""
-    n_blocks = block_counts.shape[0]
-    idx = jax.random.randint(jax.random.PRNGKey(seed), (n_boot, n_blocks), 0, n_blocks)
-    w = jnp.sum(jax.nn.one_hot(idx, n_blocks, dtype=jnp.float32), 1)
+    w = bootstrap_weights(n_boot, block_counts.shape[0], seed)
     return jnp.tensordot(w, block_counts, axes=(1, 0))
 
 
@@ -74,11 +81,17 @@ def populations(dtrajs, n_states: int | None = None, n_blocks: int = 10,
     ``n_blocks`` contiguous blocks (which respects time correlation)."""
     d = np.concatenate(_as_dtrajs(dtrajs))
     n = _n_states([d], n_states)
-    bc = jnp.asarray(block_counts(d, n, min(n_blocks, d.size)))
-    counts = np.asarray(jnp.sum(bc, 0))
-    boot = _block_bootstrap(bc, n_bootstrap, seed)
-    p_boot = boot / jnp.sum(boot, -1, keepdims=True)
-    return Populations(counts / counts.sum(), np.asarray(jnp.std(p_boot, 0)), counts)
+    bc = block_counts(d, n, min(n_blocks, d.size))
+    counts = bc.sum(0).astype(np.float64)
+    w = bootstrap_weights(n_bootstrap, bc.shape[0], seed)
+    err = _bootstrap_std(jnp.asarray(bc), w)
+    return Populations(counts / counts.sum(), np.asarray(err, np.float64), counts)
+
+
+@jax.jit
+def _bootstrap_std(bc, w):
+    boot = w @ bc
+    return jnp.std(boot / jnp.sum(boot, -1, keepdims=True), 0)
 
 
 def count_matrix(dtrajs, lag: int, n_states: int | None = None) -> np.ndarray:

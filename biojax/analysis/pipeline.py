@@ -237,12 +237,15 @@ def run_analysis(cfg: AnalyzeConfig, out_dir: str | None = None) -> dict:
                                       fc.n_bootstrap, cc.seed, cols)
     centres_fes = _state_centres(fv, fper, labels, n_states, to_unit)
     regions = []
-    for reg in fc.regions:
-        mask = _region_mask(fv, reg.boxes).astype(np.int64)
-        rp = msm.populations(decomposition.split_frames(mask, lengths), 2, fc.n_blocks,
-                             fc.n_bootstrap, cc.seed)
-        regions.append({"name": reg.name, "population": float(rp.populations[1]),
-                        "population_error": float(rp.errors[1])})
+    if fc.regions:  # one state trajectory: region index, or len(regions) for "elsewhere"
+        region_of = np.full(n, len(fc.regions), np.int64)
+        for r, reg in reversed(list(enumerate(fc.regions))):
+            region_of[_region_mask(fv, reg.boxes)] = r
+        rp = msm.populations(decomposition.split_frames(region_of, lengths),
+                             len(fc.regions) + 1, fc.n_blocks, fc.n_bootstrap, cc.seed)
+        regions = [{"name": reg.name, "population": float(rp.populations[r]),
+                    "population_error": float(rp.errors[r])}
+                   for r, reg in enumerate(fc.regions)]
     if regions:
         p = np.array([r["population"] for r in regions])
         fr = fes.state_free_energies(p, fc.temperature)
