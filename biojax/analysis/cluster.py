@@ -203,9 +203,23 @@ def _lloyd_pass(xt, x2, centers, state, active, chunk: int):
                 lab, m1, m2 = _two_smallest(dist)
                 nu = jnp.sqrt(jnp.maximum(m1 + x2s, 0.0))
                 nl = jnp.sqrt(jnp.maximum(m2 + x2s, 0.0))
-                delta = ((lab[None, :] == ks).astype(xt.dtype)
-                         - (a[None, :] == ks).astype(xt.dtype)) * w
-                return lab, nu, nl, jnp.einsum("kn,dn->kd", delta, xs), jnp.sum(delta, -1)
+                changed = fresh & (lab != a)
+
+                def delta_all(_):
+                    delta = ((lab[None, :] == ks).astype(xt.dtype)
+                             - (a[None, :] == ks).astype(xt.dtype)) * w
+                    return jnp.einsum("kn,dn->kd", delta, xs), jnp.sum(delta, -1)
+
+                def delta_few(_):  # usually only a few frames change state
+                    idx = jnp.nonzero(changed, size=n_few, fill_value=chunk)[0]
+                    ok = (idx < chunk).astype(xt.dtype)
+                    idc = jnp.minimum(idx, chunk - 1)
+                    delta = ((lab[idc][None, :] == ks).astype(xt.dtype)
+                             - (a[idc][None, :] == ks).astype(xt.dtype)) * ok
+                    return jnp.einsum("kn,dn->kd", delta, xs[:, idc]), jnp.sum(delta, -1)
+
+                ds, dc = jax.lax.cond(jnp.sum(changed) <= n_few, delta_few, delta_all, None)
+                return lab, nu, nl, ds, dc
 
             def recompute_few(_):  # only the (at most n_few) frames that need it
                 idx = jnp.nonzero(need, size=n_few, fill_value=chunk)[0]
