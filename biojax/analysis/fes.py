@@ -9,7 +9,6 @@ visited have F = +inf and probability 0.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Sequence
 
