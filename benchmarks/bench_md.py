@@ -345,6 +345,8 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, name + ".json.tmp"), "w") as f:
         json.dump(results, f, indent=2)
     os.replace(os.path.join(args.out, name + ".json.tmp"), os.path.join(args.out, name + ".json"))
+    if os.path.exists(partial):
+        os.remove(partial)
     md = markdown(results)
     with open(os.path.join(args.out, name + ".md.tmp"), "w") as f:
         f.write(md)
