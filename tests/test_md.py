@@ -45,15 +45,16 @@ def drift_per_ps_per_atom(obs, n_atoms, key="total_energy"):
 
 # ------------------------------------------------------------------ energy conservation
 def test_nve_lennard_jones_conserves_energy(tmp_path):
-    """108 LJ atoms, 2 fs, 2 ps: |linear drift| < 2e-5 eV/ps/atom and the total energy's
-    fluctuation is < 2% of the potential energy's (velocity Verlet, float32)."""
+    """108 LJ atoms, 2 fs, 2 ps: |linear drift| < 1e-6 eV/ps/atom and the total energy's
+    fluctuation is < 0.1% of the potential energy's (velocity Verlet, float32; measured
+    here: 7e-10 eV/ps/atom and 3e-5)."""
     cfg = default_config(ensemble="nve", timestep_fs=2.0, temperature_K=120.0, steps=1000,
                          chunk_steps=500, observe_every=10, frame_every=500)
     Simulation(argon(), lj(), cfg).run(str(tmp_path))
     obs = read_csv(tmp_path / "observables.csv")
     assert len(obs["step"]) == 101
-    assert drift_per_ps_per_atom(obs, 108) < 2e-5
-    assert np.std(obs["total_energy"]) < 0.02 * np.std(obs["potential_energy"])
+    assert drift_per_ps_per_atom(obs, 108) < 1e-6
+    assert np.std(obs["total_energy"]) < 1e-3 * np.std(obs["potential_energy"])
     np.testing.assert_allclose(obs["conserved"], obs["total_energy"], rtol=1e-6)
 
 
@@ -66,16 +67,16 @@ def _fresh_schnet(elements):
 
 def test_nve_learned_potential_conserves_energy(tmp_path):
     """Alanine dipeptide on a SchNet (freshly initialised: the integrator does not care
-    whether the weights are trained), 0.25 fs, 400 steps: |drift| < 1e-3 eV/ps/atom and the
-    total energy fluctuates < 5% as much as the kinetic energy."""
+    whether the weights are trained), 0.25 fs, 400 steps: |drift| < 1e-5 eV/ps/atom and the
+    total energy fluctuates < 1% as much as the kinetic energy (measured: 2e-7, 0.02%)."""
     atoms = ase.io.read(os.path.join(EXAMPLES, "alanine_dipeptide.extxyz"))
     pot = _fresh_schnet(sorted(set(atoms.numbers)))
     cfg = default_config(ensemble="nve", timestep_fs=0.25, temperature_K=300.0, steps=400,
                          chunk_steps=200, observe_every=5, frame_every=100)
     Simulation(atoms, pot, cfg).run(str(tmp_path))
     obs = read_csv(tmp_path / "observables.csv")
-    assert drift_per_ps_per_atom(obs, len(atoms)) < 1e-3
-    assert np.std(obs["total_energy"]) < 0.05 * np.std(obs["kinetic_energy"])
+    assert drift_per_ps_per_atom(obs, len(atoms)) < 1e-5
+    assert np.std(obs["total_energy"]) < 0.01 * np.std(obs["kinetic_energy"])
 
 
 def test_nose_hoover_conserved_quantity_and_temperature(tmp_path):
