@@ -1,11 +1,9 @@
 """Readers, reference energies, splits and padded batches."""
 
-import os
-
 import numpy as np
 import pytest
 
-from biojax.data.graphs import GraphDataset, batch_graphs, bucket_size, build_graph
+from biojax.data.graphs import GraphDataset, bucket_size, build_graph
 from biojax.data.io import (KCAL_MOL_TO_EV, fit_reference_energies, read_dataset,
                             read_isolated_atoms, split_indices, write_extxyz)
 from biojax.errors import DataError

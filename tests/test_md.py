@@ -9,7 +9,6 @@ import os
 import ase
 import ase.io
 import ase.units as U
-import jax
 import numpy as np
 import pytest
 from ase.lattice.cubic import FaceCenteredCubic
@@ -21,7 +20,8 @@ from biojax.md.simulation import Simulation
 from biojax.nn.classical import lennard_jones
 
 SIGMA, EPS = 3.405, 0.0103  # argon, Å and eV
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples", "md")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+EXAMPLES = os.path.join(ROOT, "examples", "md")
 
 
 def argon(size=3, a=5.8) -> ase.Atoms:
@@ -58,19 +58,14 @@ def test_nve_lennard_jones_conserves_energy(tmp_path):
     np.testing.assert_allclose(obs["conserved"], obs["total_energy"], rtol=1e-6)
 
 
-def _fresh_schnet(elements):
-    from biojax.nn.models import init_potential
-
-    return init_potential({"name": "schnet", "features": 32, "n_interactions": 2},
-                          elements, cutoff=5.0, key=jax.random.PRNGKey(1))
-
-
 def test_nve_learned_potential_conserves_energy(tmp_path):
-    """Alanine dipeptide on a SchNet (freshly initialised: the integrator does not care
-    whether the weights are trained), 0.25 fs, 400 steps: |drift| < 1e-5 eV/ps/atom and the
-    total energy fluctuates < 1% as much as the kinetic energy (measured: 2e-7, 0.02%)."""
+    """Alanine dipeptide on the trained quick-start PaiNN (examples/models/ala2_painn,
+    GFN2-xTB data), 0.25 fs, 400 steps: |drift| < 1e-5 eV/ps/atom and the total energy
+    fluctuates < 1% as much as the kinetic energy."""
+    from biojax.nn.io import load_potential
+
     atoms = ase.io.read(os.path.join(EXAMPLES, "alanine_dipeptide.extxyz"))
-    pot = _fresh_schnet(sorted(set(atoms.numbers)))
+    pot = load_potential(os.path.join(ROOT, "examples", "models", "ala2_painn"))
     cfg = default_config(ensemble="nve", timestep_fs=0.25, temperature_K=300.0, steps=400,
                          chunk_steps=200, observe_every=5, frame_every=100)
     Simulation(atoms, pot, cfg).run(str(tmp_path))

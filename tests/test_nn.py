@@ -15,7 +15,6 @@ from biojax.calculator import BiojaxCalculator
 from biojax.errors import ConfigError, ModelError
 from biojax.nn.io import load_potential, save_potential
 from biojax.nn.models import build_model, init_potential
-from biojax.nn.potential import Potential
 
 ARCHS = ["schnet", "painn"]
 

@@ -57,7 +57,7 @@ def _train(args) -> int:
         training = dataclasses.replace(training, max_minutes=args.max_minutes)
     config = dataclasses.replace(config, data=data, training=training)
     out = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    results = train_and_evaluate(config, out, resume=args.resume,
+    train_and_evaluate(config, out, resume=args.resume,
                                  log=lambda msg: print(msg, flush=True))
     print(f"model: {os.path.join(out, 'model')}\nmetrics: {os.path.join(out, 'metrics.json')}")
     return 0
