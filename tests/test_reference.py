@@ -286,8 +286,9 @@ def test_failure_mid_run_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     out.write_text("previous dataset\n")
 
-    def broken_write(f, frames, format):
-        f.write("3\npartial")
+    def broken_write(path, frames, format):
+        with open(path, "w") as f:
+            f.write("3\npartial")
         raise OSError("disk full")
 
     import ase.io

@@ -15,6 +15,7 @@ from biojax.analysis import cluster as clu
 from biojax.analysis import decomposition, features, fes, msm, selection
 from biojax.analysis.config import AnalyzeConfig, FeatureConfig
 from biojax.analysis.trajectory import Trajectory, load_trajectory, read_positions
+from biojax.atomic import atomic_path, atomic_write_text
 from biojax.errors import AnalysisError, ConfigError
 
 
@@ -317,17 +318,13 @@ def run_analysis(cfg: AnalyzeConfig, out_dir: str | None = None) -> dict:
                    [os.path.basename(p) for p in plots],
         "seconds": time.perf_counter() - t_start,
     }
-    tmp = os.path.join(out_dir, "summary.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "summary.json"))
+    atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
 def _atomic_savez(path: str, **arrays) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _write_states_csv(path, traj_idx, frames, labels, fv, cols, y, prefix) -> None:
@@ -337,7 +334,6 @@ def _write_states_csv(path, traj_idx, frames, labels, fv, cols, y, prefix) -> No
         header += [f"{prefix}{i + 1}" for i in range(min(2, y.shape[1]))]
         data += [y[:, i] for i in range(min(2, y.shape[1]))]
     fmt = ["%d", "%d", "%d"] + ["%.6g"] * (len(header) - 3)
-    tmp = path + ".tmp"
-    np.savetxt(tmp, np.column_stack(data), fmt=fmt, delimiter=",",
-               header=",".join(header), comments="")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, np.column_stack(data), fmt=fmt, delimiter=",",
+                   header=",".join(header), comments="")

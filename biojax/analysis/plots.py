@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from biojax.analysis.fes import FES
+from biojax.atomic import atomic_path
 
 EV_TO_KJMOL = 96.48533212
 
@@ -19,9 +19,8 @@ def _plt():
 
 
 def _save(fig, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     _plt().close(fig)
     return path
 

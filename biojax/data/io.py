@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from biojax.atomic import atomic_path
 from biojax.errors import DataError
 
 KCAL_MOL_TO_EV = 0.0433641043  # 1 kcal/mol in eV (ase.units.kcal / ase.units.mol)
@@ -169,17 +169,9 @@ def write_extxyz(structures: Iterable[Structure], path: str | os.PathLike) -> No
     """Write structures (with their labels) to extended XYZ, atomically."""
     import ase.io
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".extxyz.tmp")
-    os.close(fd)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_path(path) as tmp:
         ase.io.write(tmp, [s.to_atoms() for s in structures], format="extxyz")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def require_labels(structures: Sequence[Structure], path: str, energy: bool, forces: bool,

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms
 
+from biojax.atomic import atomic_path
 from biojax.config import from_dict, load_toml, to_dict
 from biojax.data.reference import (IMPLICIT_SOLVENTS, KJ_PER_MOL, Progress, _build_pdb,
                                    _build_prmtop, label, make_calculator)
@@ -399,17 +400,8 @@ def write_extxyz_atomic(frames: list[Atoms], path: str | os.PathLike) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise DataError(f"{path}: output folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            ase.io.write(f, frames, format="extxyz")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        ase.io.write(tmp, frames, format="extxyz")
 
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike, base_dir=None, progress: bool = True,

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import ase
 import ase.io
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from biojax.atomic import atomic_path, atomic_write_bytes
 from biojax.errors import SimulationError
 
 OBS_COLUMNS = ("step", "time_fs", "potential_energy", "kinetic_energy", "total_energy",
@@ -27,22 +27,6 @@ OBS_COLUMNS = ("step", "time_fs", "potential_energy", "kinetic_energy", "total_e
 def replica_dir(out: str, replica: int, n_replicas: int) -> str:
     """Output directory of one replica: ``out`` itself for a single run, else replica_XXX."""
     return out if n_replicas == 1 else os.path.join(out, f"replica_{replica:03d}")
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class ReplicaWriter:
@@ -86,11 +70,9 @@ class ReplicaWriter:
                 if len(frames) < sizes["n_frames"]:
                     raise SimulationError(f"cannot resume: {path} has {len(frames)} frames, "
                                           f"checkpoint expects {sizes['n_frames']}")
-                tmp = path + ".tmp"
-                with ase.io.Trajectory(tmp, "w") as t:
+                with atomic_path(path) as tmp, ase.io.Trajectory(tmp, "w") as t:
                     for a in frames[:sizes["n_frames"]]:
                         t.write(a)
-                os.replace(tmp, path)
                 continue
             size = os.path.getsize(path)
             if size < sizes[key]:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import minimize
 
+from biojax.atomic import atomic_write_bytes
 from biojax.config import to_dict
 from biojax.errors import ConfigError, SimulationError
 from biojax.md import engine, output
@@ -330,7 +331,7 @@ class Simulation:
         }
         summary["aggregate_ns_per_day"] = summary["ns_per_day"] * R
         if out is not None:
-            output.atomic_write_bytes(os.path.join(out, "summary.json"),
+            atomic_write_bytes(os.path.join(out, "summary.json"),
                                       json.dumps(summary, indent=2).encode())
         self.final_state = state
         return summary

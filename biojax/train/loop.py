@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from biojax.atomic import atomic_write_bytes, atomic_write_text
 from biojax.config import to_dict
 from biojax.data.graphs import GraphDataset
 from biojax.data.io import (Structure, elements_of, read_dataset, reference_energies_for,
@@ -152,20 +153,11 @@ def load_splits(config: TrainConfig, log=print) -> dict[str, list[Structure]]:
 
 
 # ---------------------------------------------------------------- checkpoints
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _save_checkpoint(path: str, state: TrainState, progress: dict, best_params) -> None:
     to_numpy = lambda tree: jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(tree))  # noqa: E731
     payload = {"state": to_numpy(state), "best_params": to_numpy(best_params),
                "progress": json.dumps(progress)}
-    _atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+    atomic_write_bytes(path, serialization.msgpack_serialize(payload))
 
 
 def _load_checkpoint(path: str, template_state: TrainState):
@@ -182,9 +174,7 @@ def _truncate_log(path: str, last_epoch: int) -> None:
         return
     with open(path) as f:
         lines = [ln for ln in f if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "".join(lines))
 
 
 def _summary(metrics: dict, label: str) -> str:
@@ -321,8 +311,5 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
     if len(datasets["test"]):
         results["test"] = evaluate_dataset(datasets["test"], best_params, predict_fn, batch_size)
         log(_summary(results["test"], f"test ({len(datasets['test'])} structures)"))
-    tmp = os.path.join(workdir, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, "metrics.json"))
+    atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(results, indent=2))
     return results
