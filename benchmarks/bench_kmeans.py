@@ -21,16 +21,7 @@ import time
 
 import numpy as np
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from machine import cpu_model
 
 
 def make_data(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

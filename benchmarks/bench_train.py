@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import time
 
@@ -23,6 +22,7 @@ import jax
 from biojax.train.config import DataConfig, TrainConfig, TrainingConfig
 from biojax.train.evaluate import evaluate_file
 from biojax.train.loop import train_and_evaluate
+from machine import cpu_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "examples", "data", "rmd17_ethanol")
@@ -33,17 +33,6 @@ MODELS = {
     "schnet": {"name": "schnet", "cutoff": 5.0, "features": 64, "n_interactions": 3,
                "n_basis": 32},
 }
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(name: str, minutes: float, workdir: str, log) -> dict:
@@ -97,7 +86,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join("runs", "bench_train"))
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
-    device = f"{jax.devices()[0].platform}: {cpu_name()} ({os.cpu_count()} cores)" \
+    device = f"{jax.devices()[0].platform}: {cpu_model()} ({os.cpu_count()} cores)" \
         if jax.devices()[0].platform == "cpu" else jax.devices()[0].device_kind
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     rows = []
