@@ -208,8 +208,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
     elements = elements_of(splits["train"])
     isolated = config.data.isolated_atoms or None
     reference = reference_energies_for(splits["train"], elements, isolated)
-    base = init_potential({"name": config.architecture["name"]}, elements, config.cutoff,
-                          reference)
+    # species mapping and reference energies only; the model comes once scale/shift are known
+    base = Potential(model=None, params=None, cutoff=config.cutoff, elements=elements,
+                     reference_energies=tuple(float(e) for e in reference))
     scale, shifts = per_species_scale_shift(splits["train"], base.species_of,
                                             base.reference_energy, len(elements))
     architecture = {**config.architecture, "atomic_scale": scale, "atomic_shifts": shifts}
