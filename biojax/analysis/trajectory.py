@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from biojax.data.io import read_frames
 from biojax.errors import DataError
 
 _MDTRAJ_SUFFIXES = (".dcd", ".xtc", ".trr", ".nc", ".h5")
@@ -87,11 +88,8 @@ def read_topology(path: str | os.PathLike) -> Topology:
 
 
 def _ase_read(path: str, index):
-    import ase.io
-    try:
-        return ase.io.read(path, index=index)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"{path}: cannot read with ASE: {exc}") from None
+    frames = read_frames(path, index)
+    return frames if index == ":" else frames[0]
 
 
 def read_positions(path: str | os.PathLike, topology: str | None = None) -> np.ndarray:

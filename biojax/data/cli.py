@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from biojax.errors import ConfigError, DataError
+from biojax.errors import ConfigError
 
 
 def _sample(args) -> int:
@@ -42,21 +42,13 @@ def _parse_option(text: str):
 
 
 def _label(args) -> int:
-    import ase.io
-
+    from biojax.data.io import read_frames
     from biojax.data.reference import label, make_calculator
     from biojax.data.sample import write_extxyz_atomic
 
     options = dict(_parse_option(o) for o in args.option)
     calc = make_calculator(args.reference, base_dir=os.getcwd(), **options)
-    if not os.path.isfile(args.input):
-        raise DataError(f"{args.input}: file not found")
-    try:
-        frames = ase.io.read(args.input, index=":")
-    except Exception as exc:
-        raise DataError(f"{args.input}: cannot read structures: {exc}") from None
-    if not frames:
-        raise DataError(f"{args.input}: contains no structures")
+    frames = read_frames(args.input)
     out = label(frames, calc, compute_stress=args.stress, progress=not args.quiet,
                 what=f"label {args.reference}")
     for atoms in out:

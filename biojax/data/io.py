@@ -116,6 +116,25 @@ def structure_from_atoms(atoms, where: str = "structure") -> Structure:
     )
 
 
+def read_frames(path: str | os.PathLike, index: str | int = ":") -> list:
+    """ASE Atoms frames of any ASE-readable file; a missing, unreadable or empty file
+    raises DataError naming it."""
+    import ase.io
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"file not found: {path}")
+    try:
+        frames = ase.io.read(path, index=index)
+    except Exception as exc:  # ASE raises many types on malformed input
+        raise DataError(f"{path}: cannot be read as a structure file "
+                        f"({type(exc).__name__}: {exc})") from None
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise DataError(f"{path}: contains no structures")
+    return frames
+
+
 def read_dataset(path: str | os.PathLike, index: str = ":") -> list[Structure]:
     """Read labelled structures from any ASE-readable file or an sGDML/MD17 ``.npz``.
 
@@ -127,16 +146,7 @@ def read_dataset(path: str | os.PathLike, index: str = ":") -> list[Structure]:
         raise DataError(f"data file not found: {path}")
     if path.endswith(".npz"):
         return _read_npz(path)
-    import ase.io
-
-    try:
-        frames = ase.io.read(path, index=index)
-    except Exception as exc:  # ASE raises many types on malformed input
-        raise DataError(f"{path}: cannot be read as a structure file ({type(exc).__name__}: {exc})") from None
-    if not isinstance(frames, list):
-        frames = [frames]
-    if not frames:
-        raise DataError(f"{path}: contains no structures")
+    frames = read_frames(path, index)
     return [structure_from_atoms(a, f"{path} frame {i}") for i, a in enumerate(frames)]
 
 

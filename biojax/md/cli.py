@@ -11,23 +11,15 @@ import os
 import sys
 
 from biojax.config import replace
-from biojax.errors import ConfigError, DataError, ModelError
+from biojax.errors import ConfigError, ModelError
 from biojax.md.config import ENSEMBLES, SimulateConfig, load_config
 
 
 def load_structure(path: str):
     """All frames of an ASE-readable structure file (PDB, extxyz, .traj, ...)."""
-    import ase.io
+    from biojax.data.io import read_frames
 
-    if not os.path.isfile(path):
-        raise DataError(f"structure file not found: {path}")
-    try:
-        frames = ase.io.read(path, index=":")
-    except Exception as exc:  # ASE raises many types for malformed files
-        raise DataError(f"{path}: cannot read structure: {exc}") from None
-    if not frames:
-        raise DataError(f"{path}: no frames")
-    return frames
+    return read_frames(path)
 
 
 def potential_from_config(cfg: SimulateConfig, numbers):
