@@ -68,14 +68,18 @@ _ENVELOPES = {"cosine": cosine_cutoff, "polynomial": polynomial_cutoff}
 _BASES = {"gaussian": gaussian_basis, "bessel": bessel_basis}
 
 
-class ScaleShift(nn.Module):
-    """Per-species affine map of per-atom outputs: e = scale · x + shift[species] (eV)."""
+def radial_features(vectors, edge_mask, cutoff, basis, n_basis, envelope):
+    """Edge lengths r (Å), radial basis (E, n_basis) and the smooth envelope (zero on padding)."""
+    r = safe_norm(vectors, edge_mask)
+    rbf = _BASES[basis](r, cutoff, n_basis)
+    return r, rbf, _ENVELOPES[envelope](r, cutoff) * edge_mask
 
-    scale: float
-    shifts: tuple[float, ...]
 
-    def __call__(self, x, species):
-        return self.scale * x + jnp.asarray(self.shifts, x.dtype)[species]
+def scale_shift(x, species, scale, shifts, node_mask):
+    """Per-species affine map of per-atom outputs: e = scale · x + shift[species] (eV),
+    zero on padding atoms; no shifts means zero shifts."""
+    shift = jnp.asarray(shifts, x.dtype)[species] if shifts else 0.0
+    return (scale * x + shift) * node_mask
 
 
 # ---------------------------------------------------------------- SchNet
@@ -94,9 +98,8 @@ class SchNet(nn.Module):
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
-        r = safe_norm(vectors, edge_mask)
-        rbf = _BASES[self.basis](r, self.cutoff, self.n_basis)
-        envelope = _ENVELOPES[self.envelope](r, self.cutoff) * edge_mask
+        _, rbf, envelope = radial_features(vectors, edge_mask, self.cutoff, self.basis,
+                                           self.n_basis, self.envelope)
         h = nn.Embed(self.num_species, self.features, name="embedding")(species)
         n_nodes = species.shape[0]
         for t in range(self.n_interactions):
@@ -110,8 +113,7 @@ class SchNet(nn.Module):
             h = h + v
         out = nn.Dense(self.features // 2, name="readout_0")(h)
         out = nn.Dense(1, name="readout_1")(shifted_softplus(out))[:, 0]
-        shifts = self.atomic_shifts or (0.0,) * self.num_species
-        return ScaleShift(self.atomic_scale, shifts)(out, species) * node_mask
+        return scale_shift(out, species, self.atomic_scale, self.atomic_shifts, node_mask)
 
 
 # ---------------------------------------------------------------- PaiNN
@@ -132,10 +134,9 @@ class PaiNN(nn.Module):
     def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
         F = self.features
         n_nodes = species.shape[0]
-        r = safe_norm(vectors, edge_mask)
+        r, rbf, envelope = radial_features(vectors, edge_mask, self.cutoff, self.basis,
+                                           self.n_basis, self.envelope)
         unit = vectors / r[:, None] * edge_mask[:, None]
-        rbf = _BASES[self.basis](r, self.cutoff, self.n_basis)
-        envelope = _ENVELOPES[self.envelope](r, self.cutoff) * edge_mask
         s = nn.Embed(self.num_species, F, name="embedding")(species)
         v = jnp.zeros((n_nodes, 3, F), s.dtype)
         for t in range(self.n_interactions):
@@ -159,8 +160,7 @@ class PaiNN(nn.Module):
             s = s + ass + asv * jnp.sum(uv * vv, axis=1)
         out = nn.Dense(F // 2, name="readout_0")(s)
         out = nn.Dense(1, name="readout_1")(jax.nn.silu(out))[:, 0]
-        shifts = self.atomic_shifts or (0.0,) * self.num_species
-        return ScaleShift(self.atomic_scale, shifts)(out, species) * node_mask
+        return scale_shift(out, species, self.atomic_scale, self.atomic_shifts, node_mask)
 
 
 ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN}
