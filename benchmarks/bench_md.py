@@ -206,15 +206,12 @@ def case_ala2_ase(steps: int, timestep_fs: float = 0.5) -> dict:
 
 
 def case_ala2_openmm(steps: int) -> dict:
-    """OpenMM CPU: AMBER (openmmtools' prmtop) + OBC2 implicit solvent, HBonds, 2 fs."""
-    import importlib.util
-
+    """OpenMM CPU: AMBER (openmmtools' prmtop, copied to examples/data) + OBC2 implicit solvent, HBonds, 2 fs."""
     import openmm
     import openmm.app as app
     import openmm.unit as u
 
-    folder = os.path.join(importlib.util.find_spec("openmmtools").submodule_search_locations[0],
-                          "data", "alanine-dipeptide-gbsa")
+    folder = os.path.join(ROOT, "examples", "data", "alanine-dipeptide-gbsa")
     prmtop = app.AmberPrmtopFile(os.path.join(folder, "alanine-dipeptide.prmtop"))
     pdb = app.PDBFile(os.path.join(folder, "alanine-dipeptide.pdb"))
     system = prmtop.createSystem(implicitSolvent=app.OBC2, nonbondedMethod=app.NoCutoff,

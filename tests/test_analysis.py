@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -20,13 +19,8 @@ ALA2 = os.path.join(ROOT, "examples", "data", "cgnet_ala2")
 EXAMPLE = os.path.join(ROOT, "examples", "ala2_fes", "analyze.toml")
 
 
-def _openmmtools_pdb() -> str | None:
-    spec = importlib.util.find_spec("openmmtools")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data",
-                        "alanine-dipeptide-gbsa", "alanine-dipeptide.pdb")
-    return path if os.path.isfile(path) else None
+ALA2_PDB = os.path.join(ROOT, "examples", "data", "alanine-dipeptide-gbsa",
+                        "alanine-dipeptide.pdb")
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +157,7 @@ def test_tica_finds_slow_coordinate_and_its_timescale():
 
 def test_dihedrals_match_mdtraj_on_alanine_dipeptide():
     md = pytest.importorskip("mdtraj")
-    pdb = _openmmtools_pdb()
-    if pdb is None:
-        pdb = os.path.join(os.path.dirname(importlib.util.find_spec("openmm").origin),
-                           "app", "data", "test.pdb")
+    pdb = ALA2_PDB
     ref = md.load(pdb)
     rng = np.random.default_rng(0)
     xyz = ref.xyz[0][None] + 0.02 * rng.standard_normal((50,) + ref.xyz.shape[1:])

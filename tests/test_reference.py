@@ -10,7 +10,8 @@ from ase.build import bulk, molecule
 
 from biojax.errors import ConfigError, DataError
 
-ALA2 = "openmmtools:alanine-dipeptide-gbsa/alanine-dipeptide"
+ALA2 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                    "data", "alanine-dipeptide-gbsa", "alanine-dipeptide")
 
 
 def _openmm_energy_kj(system, positions_nm):
