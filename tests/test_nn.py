@@ -135,15 +135,17 @@ def test_stress_agrees_with_finite_strain_on_copper(name):
     np.testing.assert_allclose(stress, strain_derivative(atoms), atol=1e-8, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", [partition.Sparse, partition.OrderedSparse])
 @pytest.mark.parametrize("name", ARCHS)
-def test_jax_md_energy_fn_matches_ase_calculator_periodic(name):
+def test_jax_md_energy_fn_matches_ase_calculator_periodic(name, fmt):
+    """Directed edges and unordered pairs (OrderedSparse) give the ASE calculator's numbers."""
     atoms = copper()
     potential = potential_for(name, elements=(29,), cutoff=3.0)
     atoms.calc = BiojaxCalculator(potential)
     box = jnp.asarray(atoms.get_cell().array.T)  # jax-md: columns are lattice vectors
     displacement, _ = space.periodic_general(box, fractional_coordinates=False)
     neighbor_fn = partition.neighbor_list(displacement, box, potential.cutoff,
-                                          format=partition.Sparse, fractional_coordinates=False)
+                                          format=fmt, fractional_coordinates=False)
     positions = jnp.asarray(atoms.get_positions())
     neighbor = neighbor_fn.allocate(positions)
     energy_fn = potential.energy_fn(displacement, atoms.numbers)
@@ -152,6 +154,39 @@ def test_jax_md_energy_fn_matches_ase_calculator_periodic(name):
     forces = -grad
     np.testing.assert_allclose(energy, atoms.get_potential_energy(), atol=1e-8)
     np.testing.assert_allclose(forces, atoms.get_forces(), atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ARCHS + ["lennard-jones"])
+def test_pairs_and_directed_edges_agree_on_a_molecule(name):
+    """Each pair once (OrderedSparse) = both directions (Sparse) = the calculator, in free
+    space: energy, per-atom energies and forces."""
+    from biojax.nn.classical import lennard_jones
+
+    atoms = ethanol()
+    potential = (lennard_jones((1, 6, 8), [0.8, 1.1, 1.0], [0.002, 0.004, 0.006], cutoff=4.0)
+                 if name == "lennard-jones" else potential_for(name))
+    atoms.calc = BiojaxCalculator(potential)
+    displacement, _ = space.free()
+    positions = jnp.asarray(atoms.get_positions())
+    results = []
+    for fmt in (partition.Sparse, partition.OrderedSparse):
+        neighbor_fn = partition.neighbor_list(displacement, 20.0, potential.cutoff, format=fmt,
+                                              disable_cell_list=True)
+        neighbor = neighbor_fn.allocate(positions)
+        energy_fn = potential.energy_fn(displacement, atoms.numbers)
+        value, grad = jax.value_and_grad(energy_fn)(positions, neighbor)
+        per_atom = potential.energy_fn(displacement, atoms.numbers, per_atom=True)(
+            positions, neighbor)
+        results.append((value, -grad, per_atom))
+    (e1, f1, a1), (e2, f2, a2) = results
+    np.testing.assert_allclose(e2, e1, atol=1e-10)
+    np.testing.assert_allclose(a2, a1, atol=1e-10)
+    np.testing.assert_allclose(f2, f1, atol=1e-10)
+    # classical parameters are float32, so the calculator agrees to float32 precision
+    np.testing.assert_allclose(e2 + potential.reference_energy(atoms.numbers),
+                               atoms.get_potential_energy(), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(f2, atoms.get_forces(), rtol=1e-5, atol=1e-8)
+    assert np.max(np.abs(f1)) > 1e-3  # a real check, not zeros against zeros
 
 
 def test_save_and_load_roundtrip(tmp_path):

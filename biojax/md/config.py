@@ -45,6 +45,7 @@ class SimulateConfig:
     pressure_bar: float = 1.0
     steps: int = 1000
     replicas: int = 1
+    replica_block: int = 0              # replicas per vmapped block; 0 = auto (see engine)
     seed: int = 0
     velocities: Literal["maxwell-boltzmann", "structure"] = "maxwell-boltzmann"
     friction_per_ps: float = 1.0        # Langevin γ
@@ -80,6 +81,8 @@ class SimulateConfig:
             (self.temperature_K >= 0, f"temperature_K must be >= 0 K, got {self.temperature_K}"),
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}"),
+            (self.replica_block >= 0, f"replica_block must be >= 0 (0 = auto), got "
+                                      f"{self.replica_block}"),
             (self.observe_every >= 1, "observe_every must be >= 1"),
             (self.frame_every % self.observe_every == 0,
              f"frame_every ({self.frame_every}) must be a multiple of observe_every "

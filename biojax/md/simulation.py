@@ -84,10 +84,10 @@ class Simulation:
         self.n_atoms = len(numbers)
         self.mass = jnp.asarray(frames[0].get_masses(), jnp.float32)[:, None]
         self.energy_fn = potential.energy_fn(self.space.displacement_fn, numbers)
-        self.dense = getattr(potential, "neighbor_format", "sparse") == "dense"
         self.neighbor_fn = engine.make_neighbor_fn(
             self.space, neighbor_box(frames, self.space, potential.cutoff), potential.cutoff,
-            config.neighbor_skin, config.capacity_multiplier, self.dense, self.n_atoms)
+            config.neighbor_skin, config.capacity_multiplier, potential.neighbor_format,
+            self.n_atoms)
         self.integ = make_integrator(config.ensemble, self.energy_fn, self.space.shift_fn,
                                      self.units, self.n_atoms, config.chain_length)
         self.observe = engine.make_observe(self.integ, self.energy_fn, self.space)
@@ -95,6 +95,7 @@ class Simulation:
         self.overflows = 0
         self._chunks: dict = {}
         self._batched = R > 1
+        self.replica_block = engine.replica_block_size(config.replica_block, R)
 
     # ------------------------------------------------------------------ helpers
     def _map(self, fn):
@@ -226,7 +227,9 @@ class Simulation:
             chunk = engine.make_chunk(
                 self.integ, self.observe, n_frames, cfg.frame_every // cfg.observe_every,
                 cfg.observe_every, ke_limit, cfg.write_velocities, cfg.write_forces)
-            self._chunks[n_frames] = self._map(chunk)
+            self._chunks[n_frames] = jax.jit(
+                engine.map_replicas(chunk, cfg.replicas, self.replica_block)
+                if self._batched else chunk)
         return self._chunks[n_frames]
 
     def _observe0(self, state, nbrs):
@@ -328,6 +331,7 @@ class Simulation:
             "ns_per_day": steps_done / wall * cfg.timestep_fs * 86400 / 1e6 if wall > 0 else 0,
             "compilations": len(self.compiled), "compiled": sorted(map(str, self.compiled)),
             "neighbor_capacity": engine.capacity_of(nbrs), "overflows": self.overflows,
+            "replica_block": self.replica_block,
         }
         summary["aggregate_ns_per_day"] = summary["ns_per_day"] * R
         if out is not None:

@@ -61,12 +61,16 @@ class PairModel:
         e = _PAIR_FUNCTIONS[self.kind](safe_r2, pair_params)
         return jnp.where(r2 > 1e-6, e * smooth_cutoff(safe_r2, self.cutoff, self.r_onset), 0.0)
 
-    def apply(self, params, vectors, species, senders, receivers, edge_mask, node_mask):
-        """Per-atom energies (eV); each directed edge gives half its pair energy."""
+    def apply(self, params, vectors, species, senders, receivers, edge_mask, node_mask,
+              pairs: bool = False):
+        """Per-atom energies (eV); each directed edge gives half its pair energy to its
+        receiver; with ``pairs`` each edge is a pair and gives half to each of its atoms."""
         r2 = jnp.sum(vectors * vectors, axis=-1)
         e = self.pair_energy(r2, params, species[senders], species[receivers])
         e = jnp.where(edge_mask, 0.5 * e, 0.0)
-        return jax.ops.segment_sum(e, receivers, num_segments=species.shape[0])
+        n = species.shape[0]
+        per_atom = jax.ops.segment_sum(e, receivers, num_segments=n)
+        return per_atom + jax.ops.segment_sum(e, senders, num_segments=n) if pairs else per_atom
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,12 @@ smooth cutoff envelope, per-species scale/shift):
   (Schütt, Unke & Gastegger, 2021).
 
 Every model has the signature
-``model.apply(params, vectors, species, senders, receivers, edge_mask, node_mask)``
+``model.apply(params, vectors, species, senders, receivers, edge_mask, node_mask, pairs)``
 where ``vectors`` are r_receiver − r_sender (Å) and messages flow sender → receiver.
+With ``pairs=True`` each edge stands for an unordered pair and messages flow both ways:
+everything that depends only on the distance (radial basis, envelope, filter networks) is
+computed once per pair, which halves the dominant cost of a step in MD (jax-md
+``OrderedSparse`` neighbor lists). The result is the same as with both directed edges.
 """
 
 from __future__ import annotations
@@ -75,6 +79,16 @@ def radial_features(vectors, edge_mask, cutoff, basis, n_basis, envelope):
     return r, rbf, _ENVELOPES[envelope](r, cutoff) * edge_mask
 
 
+def directed(senders, receivers, pairs: bool):
+    """Directed (senders, receivers) and ``both(x, sign)``, which repeats a per-edge array
+    for the reverse direction of every pair (times ``sign``: −1 for vectors); with
+    ``pairs=False`` the edges are already directed and ``both`` is the identity."""
+    if not pairs:
+        return senders, receivers, lambda x, sign=1.0: x
+    return (jnp.concatenate([senders, receivers]), jnp.concatenate([receivers, senders]),
+            lambda x, sign=1.0: jnp.concatenate([x, sign * x]))
+
+
 def scale_shift(x, species, scale, shifts, node_mask):
     """Per-species affine map of per-atom outputs: e = scale · x + shift[species] (eV),
     zero on padding atoms; no shifts means zero shifts."""
@@ -97,15 +111,17 @@ class SchNet(nn.Module):
     atomic_shifts: tuple[float, ...] = ()
 
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
+    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask,
+                 pairs: bool = False):
         _, rbf, envelope = radial_features(vectors, edge_mask, self.cutoff, self.basis,
                                            self.n_basis, self.envelope)
+        senders, receivers, both = directed(senders, receivers, pairs)
         h = nn.Embed(self.num_species, self.features, name="embedding")(species)
         n_nodes = species.shape[0]
         for t in range(self.n_interactions):
             w = nn.Dense(self.features, name=f"filter_{t}_0")(rbf)
             w = nn.Dense(self.features, name=f"filter_{t}_1")(shifted_softplus(w))
-            w = w * envelope[:, None]
+            w = both(w * envelope[:, None])
             x = nn.Dense(self.features, use_bias=False, name=f"in2f_{t}")(h)
             m = jax.ops.segment_sum(x[senders] * w, receivers, num_segments=n_nodes)
             v = nn.Dense(self.features, name=f"f2out_{t}")(m)
@@ -131,19 +147,21 @@ class PaiNN(nn.Module):
     atomic_shifts: tuple[float, ...] = ()
 
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask):
+    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask,
+                 pairs: bool = False):
         F = self.features
         n_nodes = species.shape[0]
         r, rbf, envelope = radial_features(vectors, edge_mask, self.cutoff, self.basis,
                                            self.n_basis, self.envelope)
-        unit = vectors / r[:, None] * edge_mask[:, None]
+        senders, receivers, both = directed(senders, receivers, pairs)
+        unit = both(vectors / r[:, None] * edge_mask[:, None], -1.0)
         s = nn.Embed(self.num_species, F, name="embedding")(species)
         v = jnp.zeros((n_nodes, 3, F), s.dtype)
         for t in range(self.n_interactions):
             # message: filters from the radial basis gate the sender's features
             phi = nn.Dense(3 * F, name=f"msg_phi_{t}_1")(
                 jax.nn.silu(nn.Dense(F, name=f"msg_phi_{t}_0")(s)))
-            w = nn.Dense(3 * F, name=f"msg_filter_{t}")(rbf) * envelope[:, None]
+            w = both(nn.Dense(3 * F, name=f"msg_filter_{t}")(rbf) * envelope[:, None])
             x = phi[senders] * w
             ds, dvv, dvs = jnp.split(x, 3, axis=-1)
             dv = v[senders] * dvv[:, None, :] + unit[:, :, None] * dvs[:, None, :]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax_md import partition
 
 from biojax.errors import ModelError
 
@@ -32,8 +33,9 @@ class Potential:
 
     Attributes:
       model: flax module; ``model.apply(params, vectors, species, senders, receivers,
-        edge_mask, node_mask)`` returns per-atom interaction energies (eV), shape (N,).
-        ``vectors[e] = position[receivers[e]] - position[senders[e]]`` (Å).
+        edge_mask, node_mask, pairs)`` returns per-atom interaction energies (eV), shape
+        (N,). ``vectors[e] = position[receivers[e]] - position[senders[e]]`` (Å); with
+        ``pairs=True`` each edge is one unordered pair standing for both directions.
       params: the model's parameter pytree.
       cutoff: interaction cutoff (Å); edges beyond it contribute nothing.
       elements: atomic numbers, in species-index order.
@@ -47,6 +49,8 @@ class Potential:
     elements: tuple[int, ...]
     reference_energies: tuple[float, ...]
     architecture: dict = dataclasses.field(default_factory=dict)
+    # the jax-md neighbor list format MD uses: "ordered-sparse" (each pair once) or "dense"
+    neighbor_format: str = "ordered-sparse"
 
     # ---------------------------------------------------------------- species
     def species_of(self, numbers: Sequence[int]) -> np.ndarray:
@@ -71,10 +75,11 @@ class Potential:
 
     # ---------------------------------------------------------------- graph form
     def atomic_energies(self, params, vectors, species, senders, receivers, edge_mask,
-                        node_mask) -> Array:
-        """Per-atom interaction energies (eV), zero on padding atoms."""
+                        node_mask, pairs: bool = False) -> Array:
+        """Per-atom interaction energies (eV), zero on padding atoms; ``pairs``: each edge
+        is an unordered pair (see ``model``)."""
         energies = self.model.apply(params, vectors, species, senders, receivers,
-                                    edge_mask, node_mask)
+                                    edge_mask, node_mask, pairs)
         return jnp.where(node_mask, energies, 0.0)
 
     # ---------------------------------------------------------------- jax-md form
@@ -83,7 +88,8 @@ class Potential:
         """An ``energy(positions, neighbor, **kwargs)`` function for jax-md (eV).
 
         ``neighbor`` is a jax-md NeighborList in Sparse format (``idx`` of shape (2, E),
-        padded with N). ``kwargs`` are passed to ``displacement_fn`` (e.g. ``box=`` for
+        padded with N) or OrderedSparse (each pair once: the cheaper form for MD, see
+        ``neighbor_format``). ``kwargs`` are passed to ``displacement_fn`` (e.g. ``box=`` for
         ``space.periodic_general``). With ``per_atom=True`` the per-atom energies are
         returned instead of their sum. ``params`` overrides the stored parameters.
         """
@@ -92,6 +98,7 @@ class Potential:
 
         def energy(positions, neighbor, params=params, **kwargs):
             p = self.params if params is None else params
+            pairs = neighbor.format is partition.NeighborListFormat.OrderedSparse
             senders, receivers = neighbor.idx[0], neighbor.idx[1]
             edge_mask = (senders < n_atoms) & (receivers < n_atoms)
             senders = jnp.where(edge_mask, senders, 0)
@@ -100,7 +107,7 @@ class Potential:
             vectors = displacement(positions[receivers], positions[senders])
             node_mask = jnp.ones((n_atoms,), dtype=bool)
             e = self.atomic_energies(p, vectors, species, senders, receivers, edge_mask,
-                                     node_mask)
+                                     node_mask, pairs)
             return e if per_atom else jnp.sum(e)
 
         return energy
