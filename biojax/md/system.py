@@ -3,8 +3,8 @@
 Three cases, chosen once per run:
 
 - no periodicity: ``space.free`` (Cartesian Å);
-- periodic orthorhombic cell, fixed volume: ``space.periodic`` on the box diagonal
-  (Cartesian Å, the fastest form);
+- periodic orthorhombic cell, fixed volume: the minimum image by rounding on the box
+  diagonal (Cartesian Å, the fastest form; jax-md's ``space.periodic`` shift);
 - periodic triclinic cell or NPT: ``space.periodic_general`` with fractional coordinates
   (the box is a matrix whose columns are the lattice vectors; the cell must be in ASE's
   standard, lower-triangular form).
@@ -19,6 +19,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 import ase
+import jax.numpy as jnp
 import numpy as np
 from jax_md import space
 
@@ -77,6 +78,25 @@ def check_atoms(atoms: ase.Atoms, cutoff: float, min_distance: float, where: str
             f"(< min_distance = {min_distance} Å); {len(i) // 2} pair(s) too close")
 
 
+def orthorhombic_displacement(side: np.ndarray) -> Callable:
+    """Minimum-image displacement Ra − Rb (Å) in an orthorhombic box of sides ``side``.
+
+    The same vectors as jax-md's ``space.periodic`` displacement (positions are kept
+    wrapped in the box), by rounding instead of ``mod``: about 2× cheaper per neighbour
+    pair on a CPU, which matters because every force call evaluates it N × M times.
+    ``perturbation`` (a 3×3 strain, jax-md's convention) is applied as jax-md does, so
+    ``jax_md.quantity.pressure``/``stress`` work unchanged.
+    """
+    side = jnp.asarray(side)
+
+    def displacement(Ra, Rb, perturbation=None, **unused):
+        d = Ra - Rb
+        d = d - side * jnp.round(d / side)
+        return d if perturbation is None else space.raw_transform(perturbation, d)
+
+    return displacement
+
+
 def make_space(atoms: ase.Atoms, npt: bool, where: str = "structure") -> SystemSpace:
     """The jax-md space for these atoms (see module docstring)."""
     pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -89,8 +109,8 @@ def make_space(atoms: ase.Atoms, npt: bool, where: str = "structure") -> SystemS
     off_diagonal = cell - np.diag(np.diag(cell))
     if not npt and np.allclose(off_diagonal, 0.0):
         side = np.diag(cell).astype(np.float32)
-        disp, shift = space.periodic(side)
-        return SystemSpace("orthorhombic", side, disp, shift)
+        _, shift = space.periodic(side)
+        return SystemSpace("orthorhombic", side, orthorhombic_displacement(side), shift)
     if not np.allclose(np.triu(cell, 1), 0.0):
         raise SimulationError(
             f"{where}: triclinic cell must be in ASE standard form (lower-triangular rows, "
