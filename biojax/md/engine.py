@@ -83,11 +83,12 @@ def grown_capacity(capacity: int) -> int:
 
 
 def replica_block_size(requested: int, replicas: int) -> int:
-    """Replicas per vmapped block: ``requested`` if > 0, else 16 on a CPU (blocks that fit
-    in cache run ~1.5× faster per replica there than one wide vmap) and all of them on an
-    accelerator, which wants the widest batch."""
+    """Replicas per vmapped block: ``requested`` if > 0, else 32 on a CPU and all of them
+    on an accelerator, which wants the widest batch. (On the 2-core development CPU, 256
+    alanine-dipeptide replicas ran 1.3× faster in blocks of 32 than in one vmap, whose
+    working set no longer fits in cache; blocks of 16–64 were within 5 % at 64.)"""
     if requested <= 0:
-        requested = 16 if jax.default_backend() == "cpu" else replicas
+        requested = 32 if jax.default_backend() == "cpu" else replicas
     return max(1, min(requested, replicas))
 
 
