@@ -17,7 +17,8 @@ def _voigt(s: np.ndarray) -> np.ndarray:
 
 class BiojaxCalculator(Calculator):
     """ASE calculator: energy (eV, reference energies included), forces (eV/Å), stress
-    (eV/Å³, periodic cells only). Padded shapes are bucketed, so MD with ASE compiles once."""
+    (eV/Å³, periodic cells only). Padded shapes are bucketed and never shrink, so MD with
+    ASE compiles again only when the number of edges grows past every size seen so far."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
@@ -34,6 +35,7 @@ class BiojaxCalculator(Calculator):
                 batch.graph_index, batch.graph_mask.shape[0], batch.volume, compute_stress)
 
         self._evaluate = jax.jit(evaluate, static_argnums=2)
+        self._padded = (0, 0)  # largest (atoms, edges) padding so far
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -41,7 +43,9 @@ class BiojaxCalculator(Calculator):
         species = self.potential.species_of(structure.numbers)
         graph = build_graph(structure, self.potential.cutoff)
         batch = batch_graphs([structure], [graph], [species], [0.0], n_graphs=2,
-                             dtype=self._dtype)
+                             dtype=self._dtype, min_atoms=self._padded[0],
+                             min_edges=self._padded[1])
+        self._padded = (len(batch.positions), len(batch.senders))
         compute_stress = "stress" in properties and structure.periodic
         energies, forces, stress = self._evaluate(self.potential.params, batch, compute_stress)
         energy = float(energies[0]) + self.potential.reference_energy(structure.numbers)

@@ -283,3 +283,28 @@ def test_orthorhombic_displacement_matches_jax_md_periodic():
         np.testing.assert_allclose(jax.vmap(lambda x, y: ours(x, y, **kw))(a, b),
                                    jax.vmap(lambda x, y: theirs(x, y, **kw))(a, b),
                                    atol=1e-12)
+
+
+def test_calculator_padding_never_shrinks():
+    """After a structure with many edges, one with fewer reuses the compiled shape (no
+    recompilation during ASE MD) and gives the same numbers as a fresh calculator."""
+    potential = potential_for("schnet", cutoff=2.0)
+    calc = BiojaxCalculator(potential)
+    small, squeezed = ethanol(), ethanol()
+    squeezed.positions *= 0.6  # twice as many pairs inside the cutoff
+    squeezed.calc = calc
+    squeezed.get_forces()
+    edges_squeezed = calc._padded[1]
+    small.calc = calc
+    forces = small.get_forces()
+    assert calc._evaluate._cache_size() == 1 and calc._padded[1] == edges_squeezed
+    alone = BiojaxCalculator(potential)
+    probe = ethanol()
+    probe.calc = alone
+    probe.get_forces()
+    assert alone._padded[1] < edges_squeezed  # the small one alone has a smaller shape
+    fresh = ethanol()
+    fresh.calc = BiojaxCalculator(potential)
+    np.testing.assert_allclose(forces, fresh.get_forces(), atol=1e-10)
+    np.testing.assert_allclose(small.get_potential_energy(), fresh.get_potential_energy(),
+                               atol=1e-10)

@@ -78,18 +78,19 @@ def bucket_size(n: int, minimum: int = 8) -> int:
 
 def batch_graphs(structures: Sequence[Structure], graphs: Sequence[Graph],
                  species: Sequence[np.ndarray], reference: Sequence[float], n_graphs: int,
-                 dtype=np.float32) -> GraphBatch:
+                 dtype=np.float32, min_atoms: int = 0, min_edges: int = 0) -> GraphBatch:
     """Concatenate up to ``n_graphs - 1`` structures into one padded GraphBatch.
 
     ``species`` are the species indices of each structure and ``reference`` the summed
-    reference energy (eV) subtracted from its energy label.
+    reference energy (eV) subtracted from its energy label. Atoms and edges are padded to
+    their bucket, and to at least ``min_atoms``/``min_edges``.
     """
     if len(structures) > n_graphs - 1:
         raise ValueError(f"{len(structures)} structures do not fit {n_graphs - 1} graph slots")
     n_real_atoms = sum(s.n_atoms for s in structures)
     n_real_edges = sum(len(g.senders) for g in graphs)
-    N = bucket_size(n_real_atoms + 1)
-    E = bucket_size(n_real_edges + 1)
+    N = max(bucket_size(n_real_atoms + 1), min_atoms)
+    E = max(bucket_size(n_real_edges + 1), min_edges)
     G = n_graphs
     pad_atom, pad_graph = N - 1, G - 1
 
