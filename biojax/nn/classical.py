@@ -87,7 +87,8 @@ class PairPotential(Potential):
         On a Dense list without ``kwargs`` (a fixed box: what NVE/NVT steps call) the
         energy carries its own derivative rule: the force on atom i is summed over its own
         row of the (symmetric, full) list, Σ_j ∂φ(d_ij)/∂r_i, so ``jax.grad`` needs no
-        scatter over the neighbours — about 5× faster on a CPU. The rule is written in
+        scatter over the neighbours (5324 argon atoms on 2 CPU cores: 3.1 ms per force
+        call instead of 8.0 ms with plain autodiff). The rule is written in
         differentiable JAX, so Hessians and derivatives through trajectories stay exact.
         With ``kwargs`` (NPT boxes, jax-md's strain for the pressure) plain autodiff is used.
         """
