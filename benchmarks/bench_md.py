@@ -151,7 +151,7 @@ def case_lj_openmm(n_cells: int, steps: int) -> dict:
             "threads": threads}
 
 
-def _ala2_potential(model: str = "schnet"):
+def _ala2_potential(model: str = "painn"):
     """Alanine dipeptide and a learned potential: "painn" is the shipped model trained on
     GFN2-xTB data (examples/models/ala2_painn: 32 features, 2 interactions); "schnet" a
     freshly initialised SchNet (64 features, 3 interactions): same cost per step as a
@@ -170,7 +170,7 @@ def _ala2_potential(model: str = "schnet"):
 
 
 def case_ala2_biojax(replicas: int, steps: int, timestep_fs: float = 0.5,
-                     model: str = "schnet") -> dict:
+                     model: str = "painn") -> dict:
     """biojax Langevin MD of R alanine-dipeptide replicas on a learned potential."""
     from biojax.md.config import default_config
     from biojax.md.simulation import Simulation
@@ -190,7 +190,7 @@ def case_ala2_biojax(replicas: int, steps: int, timestep_fs: float = 0.5,
             "compilations": s["compilations"], "replica_block": s["replica_block"]}
 
 
-def case_ala2_ase(steps: int, timestep_fs: float = 0.5, model: str = "schnet") -> dict:
+def case_ala2_ase(steps: int, timestep_fs: float = 0.5, model: str = "painn") -> dict:
     """ASE VelocityVerlet driving the same model through BiojaxCalculator."""
     import ase.units as U
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -218,7 +218,8 @@ def case_ala2_ase(steps: int, timestep_fs: float = 0.5, model: str = "schnet") -
 
 
 def case_ala2_openmm(steps: int) -> dict:
-    """OpenMM CPU: AMBER (openmmtools' prmtop, copied to examples/data) + OBC2 implicit solvent, HBonds, 2 fs."""
+    """OpenMM CPU: AMBER (openmmtools' prmtop, copied to examples/data) + OBC2 implicit
+    solvent, HBonds, 2 fs."""
     import openmm
     import openmm.app as app
     import openmm.unit as u
@@ -400,7 +401,8 @@ def markdown(r: dict) -> str:
                 f"| {b['atoms']} | {b['atom_steps_per_s']:.3g} | {j['atom_steps_per_s']:.3g} | "
                 f"{o['atom_steps_per_s']:.3g} | {b['atom_steps_per_s'] / j['atom_steps_per_s']:.2f} | "
                 f"{b['atom_steps_per_s'] / o['atom_steps_per_s']:.2f} | "
-                f"{b['first_chunk_s']:.1f} | {b['peak_rss_mb']:.0f} | {b.get('overflows', '')} |")
+                f"{b['first_chunk_s']:.1f} | {b['peak_rss_mb']:.0f} | "
+                f"{b.get('overflows', '')} |")
         lines.append("")
     if "ala2" in r:
         a = r["ala2"]

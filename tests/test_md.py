@@ -332,6 +332,8 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         default_config(timestep_fs=100.0)
     with pytest.raises(ConfigError, match="unknown key"):
         default_config(time_step=1.0)
+    with pytest.raises(ConfigError, match="replica_block must be >= 0"):
+        default_config(replica_block=-1)
     with pytest.raises(SimulationError, match="NPT needs a periodic"):
         Simulation(ase.Atoms("Ar2", positions=[[0, 0, 0], [3.8, 0, 0]]), lj(),
                    default_config(ensemble="npt"))
