@@ -9,9 +9,11 @@ import os
 import ase
 import ase.io
 import ase.units as U
+import jax
 import numpy as np
 import pytest
 from ase.lattice.cubic import FaceCenteredCubic
+from jax_md import partition
 from scipy import integrate
 
 from biojax.errors import BiojaxError, ConfigError, ModelError, SimulationError
@@ -220,21 +222,110 @@ def test_same_trajectory_as_ase_velocity_verlet(tmp_path):
                                                       abs=1e-4 * len(atoms))
 
 
+# ------------------------------------------------------------------ neighbor lists
+def _cell_lists(atoms, cutoff, skin=0.5, multiplier=1.25):
+    from biojax.md.cells import dense_cell_neighbor_list
+    from biojax.md.system import make_space, to_internal
+
+    sys_space = make_space(atoms, npt=False)
+    fns = dense_cell_neighbor_list(sys_space.displacement_fn, sys_space.box, cutoff, skin,
+                                   multiplier)
+    return fns, to_internal(atoms.positions, sys_space)
+
+
+def _same_pairs_as_ase(nbrs, atoms, radius):
+    """Every row of the Dense list holds exactly ASE's neighbours within ``radius``."""
+    from ase.neighborlist import neighbor_list
+
+    i, j = neighbor_list("ij", atoms, radius)
+    idx, n = np.asarray(nbrs.idx), len(atoms)
+    ours = sorted((a, int(b)) for a in range(n) for b in idx[a] if b < n)
+    assert ours == sorted(zip(i.tolist(), j.tolist()))
+
+
+@pytest.mark.parametrize("case", ["fcc-liquid", "gas-in-a-brick", "small-box"])
+def test_cell_list_neighbours_equal_ase_neighbor_list(case):
+    """biojax's cell-list builder finds exactly the pairs of ASE's neighbor list: a
+    rattled fcc argon box (4 cells a side), a random gas in a 31 × 40 × 52 Å brick (3, 4
+    and 5 cells, atoms on the faces at 0 and just below the side) and a box too small
+    for 3 cells (every atom a candidate)."""
+    rng = np.random.default_rng(1)
+    if case == "fcc-liquid":
+        atoms = argon(size=7)
+        atoms.rattle(0.4, seed=2)
+        atoms.wrap()
+    elif case == "gas-in-a-brick":
+        side = np.array([31.0, 40.0, 52.0])
+        pos = rng.uniform(0, 1, (700, 3)) * side
+        pos[:3] = [[0, 0, 0], side - 1e-4, [0, side[1] - 1e-4, 0]]
+        atoms = ase.Atoms("Ar700", positions=pos, cell=side, pbc=True)
+    else:
+        atoms = argon(size=3)
+        atoms.rattle(0.4, seed=2)
+        atoms.wrap()
+    cutoff = 8.0 if case == "small-box" else 8.5  # cutoff + skin < half the 17.4 Å box
+    fns, positions = _cell_lists(atoms, cutoff=cutoff)
+    nbrs = fns.allocate(positions)
+    assert (nbrs.cell_list_capacity is None) == (case == "small-box")
+    assert not nbrs.did_buffer_overflow
+    _same_pairs_as_ase(nbrs, atoms, cutoff + 0.5)
+
+
+def test_cell_list_rebuilds_after_half_a_skin_and_flags_overflow():
+    """No rebuild while every atom moved less than skin/2; a rebuild (equal to ASE's list)
+    once one moved more; both buffers flag an overflow when atoms crowd together, and a
+    reallocation from the crowded positions is correct again."""
+    atoms = argon(size=7)
+    atoms.rattle(0.2, seed=3)
+    atoms.wrap()
+    fns, positions = _cell_lists(atoms, cutoff=8.5)
+    nbrs = fns.allocate(positions)
+    update = jax.jit(lambda r, n: n.update(r))
+    nudged = positions.copy()
+    nudged[0] += [0.2, 0.0, 0.0]                     # < skin/2 = 0.25 Å
+    kept = update(nudged, nbrs)
+    np.testing.assert_array_equal(np.asarray(kept.reference_position), positions)
+    moved = atoms.copy()
+    moved.positions[0] += [0.3, 0.0, 0.0]
+    rebuilt = update(moved.positions.astype(np.float32), nbrs)
+    np.testing.assert_allclose(np.asarray(rebuilt.reference_position), moved.positions,
+                               atol=1e-5)
+    _same_pairs_as_ase(rebuilt, moved, 9.0)
+
+    crowded = atoms.copy()
+    crowded.positions[:400] = crowded.positions[0] + np.random.default_rng(4).uniform(
+        0, 4.0, (400, 3))
+    crowded.wrap()
+    r = crowded.positions.astype(np.float32)
+    over = update(r, nbrs)
+    code = int(over.error.code)
+    assert code & int(partition.PartitionErrorCode.NEIGHBOR_LIST_OVERFLOW)
+    assert code & int(partition.PartitionErrorCode.CELL_LIST_OVERFLOW)
+    fresh = fns.allocate(r)
+    assert not fresh.did_buffer_overflow
+    assert fresh.cell_list_capacity > nbrs.cell_list_capacity
+    _same_pairs_as_ase(fresh, crowded, 9.0)
+
+
 # ------------------------------------------------------------------ self-consistency
-def test_neighbor_overflow_is_rerun_not_lost(tmp_path):
+@pytest.mark.parametrize("size", [3, 7])
+def test_neighbor_overflow_is_rerun_not_lost(tmp_path, size):
     """With no spare capacity (capacity_multiplier = 1: exactly the neighbours of the fcc
     start) the melting liquid overflows the list inside a chunk; the chunk is rerun with
     more capacity and the run ends with the same trajectory as one with ample capacity.
-    A forced initial capacity of 8 (the start needs ~60) is grown before the first step."""
+    A forced initial capacity of 8 (the start needs ~60) is grown before the first step.
+    108 atoms: every atom is a candidate; 1372 atoms: candidates from biojax's cell list.
+    (Overflow of the cell list's own buffer is tested on the builder itself.)"""
     base = dict(ensemble="nve", timestep_fs=2.0, temperature_K=120.0, steps=200,
                 chunk_steps=100, observe_every=10, frame_every=50)
-    tight = Simulation(argon(), lj(), default_config(capacity_multiplier=1.0, **base))
+    tight = Simulation(argon(size), lj(), default_config(capacity_multiplier=1.0, **base))
     start_capacity = tight.initial_state()[1].idx.shape[-1]
     s_small = tight.run(str(tmp_path / "small"))
-    s_big = Simulation(argon(), lj(), default_config(**base)).run(str(tmp_path / "big"))
+    s_big = Simulation(argon(size), lj(), default_config(capacity_multiplier=1.6, **base)
+                       ).run(str(tmp_path / "big"))
     assert s_small["overflows"] >= 1 and s_big["overflows"] == 0
     assert s_small["neighbor_capacity"] > start_capacity
-    forced = Simulation(argon(), lj(), default_config(initial_capacity=8, **base))
+    forced = Simulation(argon(size), lj(), default_config(initial_capacity=8, **base))
     assert forced.initial_state()[1].idx.shape[-1] > 8 and forced.overflows >= 1
     a = read_csv(tmp_path / "small" / "observables.csv")
     b = read_csv(tmp_path / "big" / "observables.csv")

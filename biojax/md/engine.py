@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition, quantity
 
+from biojax.md.cells import dense_cell_neighbor_list
 from biojax.md.integrators import Integrator, kinetic_energy
 from biojax.md.system import SystemSpace
 
@@ -33,7 +34,11 @@ NEIGHBOR_FORMATS = {"dense": partition.NeighborListFormat.Dense,
 def make_neighbor_fn(sys_space: SystemSpace, box: np.ndarray, cutoff: float, skin: float,
                      capacity_multiplier: float, neighbor_format: str, n_atoms: int):
     """jax-md neighbor list functions (cutoff + skin, Å) in the requested format
-    ("dense", "sparse" or "ordered-sparse": each pair once)."""
+    ("dense", "sparse" or "ordered-sparse": each pair once). Dense lists in a fixed
+    orthorhombic box are rebuilt by biojax's own cell list (``biojax.md.cells``)."""
+    if neighbor_format == "dense" and sys_space.kind == "orthorhombic":
+        return dense_cell_neighbor_list(sys_space.displacement_fn, sys_space.box, cutoff,
+                                        skin, capacity_multiplier)
     fmt = NEIGHBOR_FORMATS[neighbor_format]
     return partition.neighbor_list(
         sys_space.displacement_fn, box, cutoff + skin, dr_threshold=skin,
