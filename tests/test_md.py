@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 
 import ase
+import ase.build
 import ase.io
+import ase.neighborlist
 import ase.units as U
 import jax
 import numpy as np
@@ -38,6 +40,13 @@ def lj(cutoff=8.5, elements=(18,), r_onset=None):
 def read_csv(path) -> dict:
     data = np.genfromtxt(path, delimiter=",", names=True)
     return {k: data[k] for k in data.dtype.names}
+
+
+def fluctuation_ratio(obs):
+    """std of the total energy about its linear trend / std of the kinetic energy."""
+    t = obs["time_fs"] / 1000.0
+    trend = np.polyval(np.polyfit(t, obs["total_energy"], 1), t)
+    return np.std(obs["total_energy"] - trend) / np.std(obs["kinetic_energy"])
 
 
 def drift_per_ps_per_atom(obs, n_atoms, key="total_energy"):
@@ -74,6 +83,40 @@ def test_nve_learned_potential_conserves_energy(tmp_path):
     obs = read_csv(tmp_path / "observables.csv")
     assert drift_per_ps_per_atom(obs, len(atoms)) < 1e-5
     assert np.std(obs["total_energy"]) < 0.01 * np.std(obs["kinetic_energy"])
+
+
+def test_hydrogen_mass_repartitioning_keeps_mass_and_allows_a_longer_step(tmp_path):
+    """HMR to 4 amu on alanine dipeptide: each H weighs 4 amu, its heavy atom gives up the
+    difference (methyl C 3.03 amu, amide N 11.02 amu), the total mass is unchanged. At
+    1 fs on the trained PaiNN the total energy fluctuates clearly less than with element
+    masses at the same step (4 replicas, 1 ps NVE; over 8 replicas this machine measured
+    0.022 vs 0.042 of the kinetic energy's fluctuation, and 0.009 with element masses
+    at 0.5 fs)."""
+    from biojax.md.system import repartitioned_masses
+    from biojax.nn.io import load_potential
+
+    atoms = ase.io.read(os.path.join(EXAMPLES, "alanine_dipeptide.extxyz"))
+    masses = repartitioned_masses(atoms, 4.0)
+    assert masses.sum() == pytest.approx(atoms.get_masses().sum(), rel=1e-12)
+    np.testing.assert_allclose(masses[atoms.numbers == 1], 4.0)
+    i, j = ase.neighborlist.neighbor_list("ij", atoms, 1.2)
+    bonded = j[(atoms.numbers[i] == 1) & (atoms.numbers[j] > 1)]
+    for heavy, n_h in zip(*np.unique(bonded, return_counts=True)):
+        lost = atoms.get_masses()[heavy] - masses[heavy]
+        assert lost == pytest.approx(n_h * (4.0 - atoms.get_masses()[0]), rel=1e-6)
+    assert min(masses) == pytest.approx(12.011 - 3 * (4.0 - 1.008), abs=1e-3)
+
+    pot = load_potential(os.path.join(ROOT, "examples", "models", "ala2_painn"))
+    ratio = {}
+    for hydrogen_mass in (0.0, 4.0):
+        cfg = default_config(ensemble="nve", timestep_fs=1.0, temperature_K=300.0,
+                             steps=1000, chunk_steps=1000, observe_every=5,
+                             frame_every=1000, hydrogen_mass=hydrogen_mass, replicas=4)
+        out = tmp_path / str(hydrogen_mass)
+        Simulation(atoms, pot, cfg).run(str(out))
+        ratio[hydrogen_mass] = np.mean([fluctuation_ratio(read_csv(
+            out / f"replica_{r:03d}" / "observables.csv")) for r in range(4)])
+    assert ratio[4.0] < 0.75 * ratio[0.0], ratio
 
 
 def test_nose_hoover_conserved_quantity_and_temperature(tmp_path):
@@ -425,6 +468,14 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         default_config(time_step=1.0)
     with pytest.raises(ConfigError, match="replica_block must be >= 0"):
         default_config(replica_block=-1)
+    with pytest.raises(ConfigError, match="hydrogen_mass must be 0"):
+        default_config(hydrogen_mass=0.5)
+    methane = ase.build.molecule("CH4")
+    with pytest.raises(SimulationError, match="leaves heavy atom 0"):
+        Simulation(methane, lj(elements=(1, 6)), default_config(hydrogen_mass=4.0))
+    hydrogen = ase.Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]])
+    with pytest.raises(SimulationError, match="hydrogen atom 0 is not bonded"):
+        Simulation(hydrogen, lj(elements=(1,)), default_config(hydrogen_mass=2.0))
     with pytest.raises(SimulationError, match="NPT needs a periodic"):
         Simulation(ase.Atoms("Ar2", positions=[[0, 0, 0], [3.8, 0, 0]]), lj(),
                    default_config(ensemble="npt"))

@@ -48,6 +48,7 @@ class SimulateConfig:
     replica_block: int = 0              # replicas per vmapped block; 0 = auto (see engine)
     seed: int = 0
     velocities: Literal["maxwell-boltzmann", "structure"] = "maxwell-boltzmann"
+    hydrogen_mass: float = 0.0          # amu; > 0: hydrogen mass repartitioning (HMR)
     friction_per_ps: float = 1.0        # Langevin γ
     thermostat_tau_fs: float = 100.0    # Nosé–Hoover chain time scale
     barostat_tau_fs: float = 1000.0     # NPT box time scale
@@ -90,6 +91,9 @@ class SimulateConfig:
             (self.chunk_steps % self.frame_every == 0,
              f"chunk_steps ({self.chunk_steps}) must be a multiple of frame_every "
              f"({self.frame_every})"),
+            (self.hydrogen_mass == 0 or self.hydrogen_mass >= 1.0,
+             f"hydrogen_mass must be 0 (element masses) or >= 1 amu, got "
+             f"{self.hydrogen_mass}"),
             (self.friction_per_ps > 0, "friction_per_ps must be > 0"),
             (self.capacity_multiplier >= 1.0, "capacity_multiplier must be >= 1"),
             (self.blowup_temperature_factor > 1.0, "blowup_temperature_factor must be > 1"),

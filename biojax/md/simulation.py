@@ -27,8 +27,8 @@ from biojax.errors import ConfigError, SimulationError
 from biojax.md import engine, output
 from biojax.md.config import SimulateConfig, Units
 from biojax.md.integrators import make_integrator
-from biojax.md.system import (cell_of, check_atoms, make_space, neighbor_box, to_cartesian,
-                              to_internal)
+from biojax.md.system import (cell_of, check_atoms, make_space, neighbor_box,
+                              repartitioned_masses, to_cartesian, to_internal)
 from biojax.nn.potential import Potential
 
 _RESUME_KEYS = ("ensemble", "timestep_fs", "temperature_K", "pressure_bar", "replicas",
@@ -82,7 +82,8 @@ class Simulation:
                                           "fixed-volume replicas must share one box")
         self.numbers, self.pbc = numbers, frames[0].pbc.copy()
         self.n_atoms = len(numbers)
-        self.mass = jnp.asarray(frames[0].get_masses(), jnp.float32)[:, None]
+        self.mass = jnp.asarray(repartitioned_masses(frames[0], config.hydrogen_mass),
+                                jnp.float32)[:, None]
         self.energy_fn = potential.energy_fn(self.space.displacement_fn, numbers)
         self.neighbor_fn = engine.make_neighbor_fn(
             self.space, neighbor_box(frames, self.space, potential.cutoff), potential.cutoff,
