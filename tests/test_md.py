@@ -350,6 +350,23 @@ def test_cell_list_rebuilds_after_half_a_skin_and_flags_overflow():
     _same_pairs_as_ase(fresh, crowded, 9.0)
 
 
+def test_cell_list_rebuild_vmapped_over_replicas_equals_one_at_a_time():
+    """Replicas update their lists under vmap (the rebuild's conditionals become selects):
+    each replica's list equals the one rebuilt alone."""
+    atoms = argon(size=7)
+    fns, positions = _cell_lists(atoms, cutoff=8.5, multiplier=2.0)
+    nbrs = fns.allocate(positions)
+    rng = np.random.default_rng(5)
+    moved = np.stack([np.mod(positions + rng.normal(0, s, positions.shape), np.diag(atoms.cell))
+                      for s in (0.05, 0.4)]).astype(np.float32)   # no rebuild / rebuild
+    batched = jax.vmap(lambda r: nbrs.update(r))(moved)
+    for k in range(2):
+        alone = jax.jit(lambda r: nbrs.update(r))(moved[k])
+        np.testing.assert_array_equal(np.asarray(batched.idx[k]), np.asarray(alone.idx))
+        assert not alone.did_buffer_overflow
+    assert not np.array_equal(np.asarray(batched.idx[0]), np.asarray(batched.idx[1]))
+
+
 # ------------------------------------------------------------------ self-consistency
 @pytest.mark.parametrize("size", [3, 7])
 def test_neighbor_overflow_is_rerun_not_lost(tmp_path, size):
