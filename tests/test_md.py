@@ -4,6 +4,7 @@ Lennard-Jones) and against itself (overflow rerun, replicas vs separate runs, re
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ase
@@ -441,6 +442,9 @@ def test_killed_run_resumes_identically(tmp_path):
         f.write("210,420.0,-1.0,")
     with pytest.raises(SimulationError, match="--resume"):
         Simulation(argon(), lj(), cfg).run(str(tmp_path / "killed"))
+    with pytest.raises(ConfigError, match="hydrogen_mass was 0.0, now 4.0"):
+        Simulation(argon(), lj(), dataclasses.replace(cfg, hydrogen_mass=4.0)).run(
+            str(tmp_path / "killed"), resume=True)
     done = Simulation(argon(), lj(), cfg).run(str(tmp_path / "killed"), resume=True)
     assert done["completed"] and done["steps_run"] == 200
     for name in ("observables.csv", "observables.jsonl", "trajectory.extxyz"):

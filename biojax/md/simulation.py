@@ -34,7 +34,7 @@ from biojax.nn.potential import Potential
 _RESUME_KEYS = ("ensemble", "timestep_fs", "temperature_K", "pressure_bar", "replicas",
                 "seed", "chunk_steps", "observe_every", "frame_every", "trajectory_format",
                 "observables_format", "friction_per_ps", "thermostat_tau_fs",
-                "barostat_tau_fs", "chain_length")
+                "barostat_tau_fs", "chain_length", "hydrogen_mass")
 
 
 def _stack(trees):
@@ -390,8 +390,9 @@ class Simulation:
         leaves, meta = output.load_checkpoint(path)
         saved = meta["config"]
         for k in _RESUME_KEYS:
-            if saved.get(k) != getattr(self.cfg, k):
-                raise ConfigError(f"cannot resume {path}: {k} was {saved.get(k)!r}, now "
+            was = saved.get(k, getattr(SimulateConfig, k, None))  # older runs: the default
+            if was != getattr(self.cfg, k):
+                raise ConfigError(f"cannot resume {path}: {k} was {was!r}, now "
                                   f"{getattr(self.cfg, k)!r}")
         if meta["n_atoms"] != self.n_atoms:
             raise ConfigError(f"cannot resume {path}: {meta['n_atoms']} atoms, structure has "
