@@ -100,8 +100,10 @@ class Simulation:
 
     # ------------------------------------------------------------------ helpers
     def _map(self, fn):
-        """fn over replicas: vmap when R > 1, else fn itself; always jitted."""
-        return jax.jit(jax.vmap(fn) if self._batched else fn)
+        """fn over replicas: vmapped blocks of replicas when R > 1 (engine.map_replicas),
+        else fn itself; always jitted."""
+        return jax.jit(engine.map_replicas(fn, self.cfg.replicas, self.replica_block)
+                       if self._batched else fn)
 
     def _boxes(self) -> list[dict]:
         if self.cfg.ensemble != "npt":
@@ -228,9 +230,7 @@ class Simulation:
             chunk = engine.make_chunk(
                 self.integ, self.observe, n_frames, cfg.frame_every // cfg.observe_every,
                 cfg.observe_every, ke_limit, cfg.write_velocities, cfg.write_forces)
-            self._chunks[n_frames] = jax.jit(
-                engine.map_replicas(chunk, cfg.replicas, self.replica_block)
-                if self._batched else chunk)
+            self._chunks[n_frames] = self._map(chunk)
         return self._chunks[n_frames]
 
     def _observe0(self, state, nbrs):

@@ -121,17 +121,20 @@ class PairPotential(Potential):
         def fast_energy_jvp(primals, tangents):
             positions, idx, p = primals
             d_positions, _, d_params = tangents
-            e, row_grad = pair_terms(positions, idx, p)
-            # E = ½ Σ_ij φ(d_ij) on a symmetric list: dE/dr_i is the sum over row i alone
-            d_energy = (0.0 if isinstance(d_positions, SymbolicZero)
-                        else jnp.vdot(row_grad, d_positions))
-            if not all(isinstance(t, SymbolicZero) for t in jax.tree_util.tree_leaves(
-                    d_params, is_leaf=lambda t: isinstance(t, SymbolicZero))):
+            is_zero = lambda t: isinstance(t, SymbolicZero)  # noqa: E731
+            if all(map(is_zero, jax.tree_util.tree_leaves(d_params, is_leaf=is_zero))):
+                e, row_grad = pair_terms(positions, idx, p)
+                d_energy = 0.0
+            else:  # parameter tangents: one pass gives the terms and their tangent
                 d_params = jax.tree_util.tree_map(
-                    lambda t, q: jnp.zeros_like(q) if isinstance(t, SymbolicZero) else t,
-                    d_params, p, is_leaf=lambda t: isinstance(t, SymbolicZero))
-                d_energy = d_energy + jax.jvp(lambda q: plain_energy(positions, idx, q),
-                                              (p,), (d_params,))[1]
+                    lambda t, q: jnp.zeros_like(q) if is_zero(t) else t, d_params, p,
+                    is_leaf=is_zero)
+                (e, row_grad), (d_e, _) = jax.jvp(lambda q: pair_terms(positions, idx, q),
+                                                  (p,), (d_params,))
+                d_energy = 0.5 * jnp.sum(d_e)
+            # E = ½ Σ_ij φ(d_ij) on a symmetric list: dE/dr_i is the sum over row i alone
+            if not is_zero(d_positions):
+                d_energy = d_energy + jnp.vdot(row_grad, d_positions)
             return 0.5 * jnp.sum(e), jnp.asarray(d_energy, e.dtype)
 
         fast_energy.defjvp(fast_energy_jvp, symbolic_zeros=True)
