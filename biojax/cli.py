@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from biojax.errors import BiojaxError
+from biojax.core.errors import BiojaxError
 
 # subcommand modules; each exposes register(subparsers) which sets ``func`` on its parser
 _COMMAND_MODULES = (

@@ -12,7 +12,7 @@ import pytest
 
 from biojax.analysis import cluster, decomposition, features, fes, msm, selection
 from biojax.analysis.trajectory import load_trajectory, read_topology
-from biojax.errors import AnalysisError, ConfigError, DataError
+from biojax.core.errors import AnalysisError, ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALA2 = os.path.join(ROOT, "examples", "data", "cgnet_ala2")

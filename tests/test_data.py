@@ -6,7 +6,7 @@ import pytest
 from biojax.data.graphs import GraphDataset, bucket_size, build_graph
 from biojax.data.io import (KCAL_MOL_TO_EV, fit_reference_energies, read_dataset,
                             read_isolated_atoms, split_indices, write_extxyz)
-from biojax.errors import DataError
+from biojax.core.errors import DataError
 
 
 def test_reads_extxyz_with_energies_and_forces(ethanol_train):

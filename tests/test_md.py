@@ -19,7 +19,7 @@ from ase.lattice.cubic import FaceCenteredCubic
 from jax_md import partition
 from scipy import integrate
 
-from biojax.errors import BiojaxError, ConfigError, ModelError, SimulationError
+from biojax.core.errors import BiojaxError, ConfigError, ModelError, SimulationError
 from biojax.md.config import default_config
 from biojax.md.simulation import Simulation
 from biojax.nn.classical import lennard_jones

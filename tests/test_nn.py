@@ -12,7 +12,7 @@ from ase.calculators.emt import EMT
 from jax_md import partition, space
 
 from biojax.calculator import BiojaxCalculator
-from biojax.errors import ConfigError, ModelError
+from biojax.core.errors import ConfigError, ModelError
 from biojax.nn.io import load_potential, save_potential
 from biojax.nn.models import build_model, init_potential
 

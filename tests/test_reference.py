@@ -8,7 +8,7 @@ import pytest
 from ase import units
 from ase.build import bulk, molecule
 
-from biojax.errors import ConfigError, DataError
+from biojax.core.errors import ConfigError, DataError
 
 ALA2 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
                     "data", "alanine-dipeptide-gbsa", "alanine-dipeptide")

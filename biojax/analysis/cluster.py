@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojax.errors import AnalysisError
+from biojax.core.errors import AnalysisError
 
 DEFAULT_CHUNK = 16384
 

@@ -1,5 +1,5 @@
 """Configuration of ``biojax analyze``: frozen dataclasses read from TOML by
-``biojax.config.from_dict`` (unknown keys are errors that list the valid ones).
+``biojax.core.config.from_dict`` (unknown keys are errors that list the valid ones).
 
 Relative paths in the file are relative to the directory of the config file.
 """
@@ -10,8 +10,8 @@ import dataclasses
 import os
 from typing import Literal
 
-from biojax.config import from_dict, load_toml
-from biojax.errors import ConfigError
+from biojax.core.config import from_dict, load_toml
+from biojax.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojax.errors import AnalysisError
+from biojax.core.errors import AnalysisError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojax.errors import AnalysisError
+from biojax.core.errors import AnalysisError
 
 
 def _check_indices(n_atoms: int, idx: np.ndarray, width: int, what: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 from ase import units
 
 from biojax.analysis.msm import bootstrap_weights
-from biojax.errors import AnalysisError
+from biojax.core.errors import AnalysisError
 
 
 def kT(temperature: float) -> float:

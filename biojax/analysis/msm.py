@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.sparse.csgraph import connected_components
 
-from biojax.errors import AnalysisError
+from biojax.core.errors import AnalysisError
 
 
 def _as_dtrajs(dtrajs) -> list[np.ndarray]:

@@ -15,8 +15,8 @@ from biojax.analysis import cluster as clu
 from biojax.analysis import decomposition, features, fes, msm, selection
 from biojax.analysis.config import AnalyzeConfig, FeatureConfig
 from biojax.analysis.trajectory import Trajectory, load_trajectory, read_positions
-from biojax.atomic import atomic_path, atomic_write_text
-from biojax.errors import AnalysisError, ConfigError
+from biojax.core.atomic import atomic_path, atomic_write_text
+from biojax.core.errors import AnalysisError, ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from biojax.analysis.fes import FES
-from biojax.atomic import atomic_path
+from biojax.core.atomic import atomic_path
 
 EV_TO_KJMOL = 96.48533212
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from biojax.analysis.trajectory import Topology
-from biojax.errors import AnalysisError
+from biojax.core.errors import AnalysisError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from biojax.data.io import read_frames
-from biojax.errors import DataError
+from biojax.core.errors import DataError
 
 _MDTRAJ_SUFFIXES = (".dcd", ".xtc", ".trr", ".nc", ".h5")
 

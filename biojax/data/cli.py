@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from biojax.errors import ConfigError
+from biojax.core.errors import ConfigError
 
 
 def _sample(args) -> int:

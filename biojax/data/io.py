@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from biojax.atomic import atomic_path
-from biojax.errors import DataError
+from biojax.core.atomic import atomic_path
+from biojax.core.errors import DataError
 
 KCAL_MOL_TO_EV = 0.0433641043  # 1 kcal/mol in eV (ase.units.kcal / ase.units.mol)
 

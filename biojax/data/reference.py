@@ -26,7 +26,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from biojax.errors import BiojaxError, ConfigError, DataError
+from biojax.core.errors import BiojaxError, ConfigError, DataError
 
 REFERENCE_NAMES = ("gfn2-xtb", "emt", "openmm")
 

@@ -41,11 +41,11 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms
 
-from biojax.atomic import atomic_path
-from biojax.config import from_dict, load_toml, to_dict
+from biojax.core.atomic import atomic_path
+from biojax.core.config import from_dict, load_toml, to_dict
 from biojax.data.reference import (IMPLICIT_SOLVENTS, KJ_PER_MOL, Progress, _build_pdb,
                                    _build_prmtop, label, make_calculator)
-from biojax.errors import ConfigError, DataError, SimulationError
+from biojax.core.errors import ConfigError, DataError, SimulationError
 
 RECIPE_KINDS = ("openmm-md", "rattle-strain")
 

@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from biojax.config import replace
-from biojax.errors import ConfigError, ModelError
+from biojax.core.config import replace
+from biojax.core.errors import ConfigError, ModelError
 from biojax.md.config import ENSEMBLES, SimulateConfig, load_config
 
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 import ase.units
 
-from biojax.config import from_dict, load_toml
-from biojax.errors import ConfigError
+from biojax.core.config import from_dict, load_toml
+from biojax.core.errors import ConfigError
 
 Ensemble = Literal["nve", "nvt-langevin", "nvt-nose-hoover", "npt"]
 ENSEMBLES = ("nve", "nvt-langevin", "nvt-nose-hoover", "npt")

@@ -17,8 +17,8 @@ import ase.io
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from biojax.atomic import atomic_path, atomic_write_bytes
-from biojax.errors import SimulationError
+from biojax.core.atomic import atomic_path, atomic_write_bytes
+from biojax.core.errors import SimulationError
 
 OBS_COLUMNS = ("step", "time_fs", "potential_energy", "kinetic_energy", "total_energy",
                "temperature", "conserved", "pressure_bar", "volume")

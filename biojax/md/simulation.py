@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import minimize
 
-from biojax.atomic import atomic_write_bytes
-from biojax.config import to_dict
-from biojax.errors import ConfigError, SimulationError
+from biojax.core.atomic import atomic_write_bytes
+from biojax.core.config import to_dict
+from biojax.core.errors import ConfigError, SimulationError
 from biojax.md import engine, output
 from biojax.md.config import SimulateConfig, Units
 from biojax.md.integrators import make_integrator

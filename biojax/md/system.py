@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import space
 
-from biojax.errors import SimulationError
+from biojax.core.errors import SimulationError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax_md import partition
 
-from biojax.errors import ModelError
+from biojax.core.errors import ModelError
 from biojax.nn.potential import Potential
 
 

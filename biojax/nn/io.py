@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from biojax.errors import ModelError
+from biojax.core.errors import ModelError
 from biojax.nn.potential import Potential
 
 FORMAT_VERSION = 1

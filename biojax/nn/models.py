@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojax.errors import ConfigError
+from biojax.core.errors import ConfigError
 from biojax.nn.potential import Potential
 
 

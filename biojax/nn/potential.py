@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import partition
 
-from biojax.errors import ModelError
+from biojax.core.errors import ModelError
 
 Array = jax.Array
 

@@ -52,7 +52,7 @@ def _train(args) -> int:
     training = config.training
     if args.max_minutes is not None:
         if args.max_minutes <= 0:
-            from biojax.errors import ConfigError
+            from biojax.core.errors import ConfigError
             raise ConfigError(f"--max-minutes must be > 0, got {args.max_minutes}")
         training = dataclasses.replace(training, max_minutes=args.max_minutes)
     config = dataclasses.replace(config, data=data, training=training)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from biojax.config import from_dict, load_toml
-from biojax.errors import ConfigError
+from biojax.core.config import from_dict, load_toml
+from biojax.core.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from biojax.data.graphs import GraphDataset
 from biojax.data.io import read_dataset
-from biojax.errors import DataError
+from biojax.core.errors import DataError
 from biojax.nn.io import load_potential
 from biojax.train.loop import evaluate_dataset, make_predict_fn
 

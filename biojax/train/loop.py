@@ -21,12 +21,12 @@ import numpy as np
 import optax
 from flax import serialization
 
-from biojax.atomic import atomic_write_bytes, atomic_write_text
-from biojax.config import to_dict
+from biojax.core.atomic import atomic_write_bytes, atomic_write_text
+from biojax.core.config import to_dict
 from biojax.data.graphs import GraphDataset
 from biojax.data.io import (Structure, elements_of, read_dataset, reference_energies_for,
                             require_labels, split_indices)
-from biojax.errors import ConfigError, DataError
+from biojax.core.errors import ConfigError, DataError
 from biojax.nn.io import save_potential
 from biojax.nn.models import init_potential
 from biojax.nn.potential import Potential

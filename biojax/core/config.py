@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 import types
 import typing
 from typing import Any, Mapping, TypeVar
 
-from biojax.errors import ConfigError
+from biojax.core.errors import ConfigError
 
 T = TypeVar("T")
 
