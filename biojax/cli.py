@@ -1,37 +1,39 @@
-"""The ``biojax`` command. Each stage registers its own subcommand from its subpackage's
-``cli`` module; this file only dispatches and turns BiojaxError into a clean exit."""
+"""The ``biojax`` command: one subcommand per stage, plus ``label`` and ``evaluate``.
+
+Stages (``biojax.<pkg>.stage`` modules in the ``stages`` registry) add their own
+subcommands; this file orders them, applies the global ``--x64`` flag and turns a
+BiojaxError into a one-line message and exit status 1."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from biojax.core.errors import BiojaxError
 
-# subcommand modules; each exposes register(subparsers) which sets ``func`` on its parser
-_COMMAND_MODULES = (
-    "biojax.data.cli",
-    "biojax.train.cli",
-    "biojax.md.cli",
-    "biojax.analysis.cli",
-)
+# the order of ``biojax --help``: stage names, and the non-stage commands' register functions
+_ORDER = ("sample", "label", "train", "evaluate", "simulate", "analyze")
+_COMMANDS = {"label": "biojax.data.stage:register_label",
+             "evaluate": "biojax.train.stage:register_evaluate"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from biojax import __version__
+    from biojax.core import registry
 
-    parser = argparse.ArgumentParser(prog="biojax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="biojax", description="A JAX engine for molecular simulation with machine-"
+        "learned potentials: sample reference data, train, simulate, analyze.")
     parser.add_argument("--version", action="version", version=f"biojax {__version__}")
+    parser.add_argument("--x64", action="store_true",
+                        help="compute in float64 (chosen once, before any JAX work)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # stage not built yet
-                continue
-            raise
-        module.register(subparsers)
+    stages = registry.load(registry.stages)
+    for name in list(_ORDER) + [n for n in stages.names() if n not in _ORDER]:
+        if name in _COMMANDS:
+            registry.import_object(_COMMANDS[name], "command")(subparsers)
+        elif name in stages:
+            stages.get(name).register(subparsers)
     return parser
 
 
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.x64:
+            from biojax.core.precision import enable_x64
+
+            enable_x64()
         return int(args.func(args) or 0)
     except BiojaxError as exc:
         print(f"biojax {args.command}: error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Configuration of ``biojax analyze``: frozen dataclasses read from TOML by
 ``biojax.core.config.from_dict`` (unknown keys are errors that list the valid ones).
 
-Relative paths in the file are relative to the directory of the config file.
+Relative paths in the file are relative to the directory of the config file; they are
+resolved when the file is loaded (``biojax.core.config.load``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import os
 from typing import Literal
 
-from biojax.core.config import from_dict, load_toml
+from biojax.core.config import load
 from biojax.core.errors import ConfigError
 
 
@@ -20,8 +21,8 @@ class TrajectoryConfig:
     topology: PDB (or ASE-readable) file; stride: keep every n-th frame;
     frame_interval_fs: time between saved frames (fs) for reporting timescales."""
 
-    paths: tuple[str, ...]
-    topology: str | None = None
+    paths: tuple[str, ...] = dataclasses.field(metadata={"path": True})
+    topology: str | None = dataclasses.field(default=None, metadata={"path": True})
     stride: int = 1
     frame_interval_fs: float | None = None
 
@@ -59,7 +60,7 @@ class FeatureConfig:
     names: tuple[str, ...] | None = None
     selection: SelectionConfig | None = None
     cutoff: float = 8.0
-    reference: str | None = None
+    reference: str | None = dataclasses.field(default=None, metadata={"path": True})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +127,7 @@ class FESConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
-    directory: str = "analysis"
+    directory: str = dataclasses.field(default="analysis", metadata={"path": True})
     plots: bool = True
 
 
@@ -142,19 +143,15 @@ class AnalyzeConfig:
     fes: FESConfig = FESConfig()
     output: OutputConfig = OutputConfig()
     encode_angles: bool = True
-    base_dir: str = dataclasses.field(default=".", repr=False, init=False)
 
     def path(self, p: str) -> str:
-        """Resolve a path from the config relative to the config file's directory."""
-        return p if os.path.isabs(p) else os.path.normpath(os.path.join(self.base_dir, p))
+        """``p`` itself: paths are resolved when the config is loaded (kept for callers)."""
+        return p
 
 
-def load_config(path: str | os.PathLike) -> AnalyzeConfig:
-    """Read and validate an analysis TOML file."""
-    path = os.fspath(path)
-    data = load_toml(path)
-    if not data.get("features"):
-        raise ConfigError(f"{path}: at least one [[features]] table is required")
-    cfg = from_dict(AnalyzeConfig, data, path)
-    object.__setattr__(cfg, "base_dir", os.path.dirname(os.path.abspath(path)))
+def load_config(path: str | os.PathLike, overrides=()) -> AnalyzeConfig:
+    """Read and validate an analysis TOML file with ``"section.key=value"`` overrides."""
+    cfg = load(AnalyzeConfig, path, overrides)
+    if not cfg.features:
+        raise ConfigError(f"{os.fspath(path)}: at least one [[features]] table is required")
     return cfg

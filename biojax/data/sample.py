@@ -42,7 +42,7 @@ import numpy as np
 from ase import Atoms
 
 from biojax.core.atomic import atomic_path
-from biojax.core.config import from_dict, load_toml, to_dict
+from biojax.core.config import from_dict, load, to_dict
 from biojax.data.reference import (IMPLICIT_SOLVENTS, KJ_PER_MOL, Progress, _build_pdb,
                                    _build_prmtop, label, make_calculator)
 from biojax.core.errors import ConfigError, DataError, SimulationError
@@ -57,7 +57,9 @@ class ReferenceConfig:
     """Which engine labels the frames (see ``biojax.data.reference.make_calculator``)."""
 
     name: str
-    options: dict[str, Any] = field(default_factory=dict)
+    # engine options; the file names among them are relative to the recipe's folder
+    options: dict[str, Any] = field(default_factory=dict,
+                                    metadata={"path": ("prmtop", "coordinates", "pdb")})
     stress: bool = False  # also compute the stress (eV/Å³); periodic frames only
 
 
@@ -77,9 +79,12 @@ class MDRun:
 class OpenMMMDConfig:
     """OpenMM Langevin MD of one molecule; give ``prmtop`` (+coordinates) or ``pdb``."""
 
-    prmtop: str | None = None  # AMBER topology; "openmmtools:..." = openmmtools data file
-    coordinates: str | None = None  # inpcrd/crd or PDB with the prmtop's atom order
-    pdb: str | None = None  # PDB parametrised with ``forcefield``
+    # file names are relative to the recipe's folder (see biojax.core.config)
+    prmtop: str | None = field(  # AMBER topology; "openmmtools:..." = openmmtools data file
+        default=None, metadata={"path": True})
+    coordinates: str | None = field(  # inpcrd/crd or PDB with the prmtop's atom order
+        default=None, metadata={"path": True})
+    pdb: str | None = field(default=None, metadata={"path": True})  # PDB for ``forcefield``
     forcefield: list[str] = field(default_factory=lambda: ["amber14-all.xml"])
     implicit_solvent: str = "none"  # none, HCT, OBC1, OBC2, GBn, GBn2
     temperature: float = 300.0  # K
@@ -124,17 +129,11 @@ class Recipe:
     rattle_strain: RattleStrainConfig | None = None
 
 
-def load_recipe(path: str | os.PathLike, frames: int | None = None,
-                seed: int | None = None) -> Recipe:
-    """Read and check a recipe TOML; ``frames``/``seed`` override the file's values."""
-    path = os.fspath(path)
-    data = load_toml(path)
-    if frames is not None:
-        data["frames"] = frames
-    if seed is not None:
-        data["seed"] = seed
-    recipe = from_dict(Recipe, data, where=path)
-    check_recipe(recipe, where=path)
+def load_recipe(path: str | os.PathLike, overrides=()) -> Recipe:
+    """Read and check a recipe TOML with ``"section.key=value"`` overrides (e.g.
+    ``"frames=10"``); relative file names in it are relative to its folder."""
+    recipe = load(Recipe, path, overrides)
+    check_recipe(recipe, where=os.fspath(path))
     return recipe
 
 

@@ -1,4 +1,4 @@
-"""Configuration of ``biojax simulate``: one dataclass, read from TOML, overridden by flags.
+"""Configuration of ``biojax simulate``: one dataclass, read from TOML, overridden by --set.
 
 Users give the time step in fs, temperature in K, pressure in bar and friction in 1/ps;
 ``Units.from_config`` converts them once into ASE units (eV, Å, amu; time in Å·√(amu/eV)).
@@ -11,7 +11,7 @@ from typing import Literal
 
 import ase.units
 
-from biojax.core.config import from_dict, load_toml
+from biojax.core.config import from_dict, load
 from biojax.core.errors import ConfigError
 
 Ensemble = Literal["nve", "nvt-langevin", "nvt-nose-hoover", "npt"]
@@ -36,8 +36,10 @@ class ClassicalConfig:
 class SimulateConfig:
     """Everything one ``biojax simulate`` run needs. See examples/md/*.toml."""
 
-    structure: str | None = None        # PDB / extxyz / any ASE-readable file
-    model: str | None = None            # directory written by ``biojax train``
+    structure: str | None = dataclasses.field(  # PDB / extxyz / any ASE-readable file
+        default=None, metadata={"path": True})
+    model: str | None = dataclasses.field(      # directory written by ``biojax train``
+        default=None, metadata={"path": True})
     classical: ClassicalConfig | None = None
     ensemble: Ensemble = "nvt-langevin"
     timestep_fs: float = 0.5
@@ -69,7 +71,7 @@ class SimulateConfig:
     blowup_temperature_factor: float = 5.0   # stop when T > factor · max(target, T0)
     min_distance: float = 0.5           # Å; closer atoms are "overlapping"
     max_timestep_fs: float = 20.0
-    out: str = "md_run"
+    out: str = dataclasses.field(default="md_run", metadata={"path": True})  # output folder
 
     def __post_init__(self):
         check = [
@@ -125,12 +127,10 @@ class Units:
                    tau_barostat=cfg.barostat_tau_fs * ase.units.fs)
 
 
-def load_config(path: str) -> SimulateConfig:
-    """Read a simulate config from TOML (top level or a ``[simulate]`` table)."""
-    data = load_toml(path)
-    if "simulate" in data and isinstance(data["simulate"], dict):
-        data = data["simulate"]
-    return from_dict(SimulateConfig, data, where=str(path))
+def load_config(path: str, overrides=()) -> SimulateConfig:
+    """Read a simulate config from TOML (top level or a ``[simulate]`` table), with
+    ``"key=value"`` overrides; relative paths are relative to the file's folder."""
+    return load(SimulateConfig, path, overrides, table="simulate")
 
 
 def default_config(**overrides) -> SimulateConfig:

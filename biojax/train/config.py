@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from biojax.core.config import from_dict, load_toml
+from biojax.core.config import load
 from biojax.core.errors import ConfigError
 
 
@@ -13,10 +13,14 @@ from biojax.core.errors import ConfigError
 class DataConfig:
     """Where the reference data comes from and how it is split (sizes: counts or fractions)."""
 
-    train_file: str = ""
-    valid_file: str = ""  # empty: split from train_file
-    test_file: str = ""  # optional held-out set evaluated at the end
-    isolated_atoms: str = ""  # empty: reference energies by least squares
+    # file names: relative to the config file's folder (see biojax.core.config)
+    train_file: str = dataclasses.field(default="", metadata={"path": True})
+    valid_file: str = dataclasses.field(  # empty: split from train_file
+        default="", metadata={"path": True})
+    test_file: str = dataclasses.field(  # optional held-out set evaluated at the end
+        default="", metadata={"path": True})
+    isolated_atoms: str = dataclasses.field(  # empty: reference energies by least squares
+        default="", metadata={"path": True})
     n_train: int = 0  # 0: all remaining frames
     n_valid: float = 0.1
     n_test: float = 0.0
@@ -78,9 +82,10 @@ class TrainConfig:
         return {k: v for k, v in self.model.items() if k != "cutoff"}
 
 
-def load_train_config(path: str) -> TrainConfig:
-    """Read and validate a training TOML file; relative data paths are kept as written."""
-    config = from_dict(TrainConfig, load_toml(path), where=path)
+def load_train_config(path: str, overrides=()) -> TrainConfig:
+    """Read and validate a training TOML file with ``"section.key=value"`` overrides;
+    relative data paths in the file are relative to its folder."""
+    config = load(TrainConfig, path, overrides)
     from biojax.nn.models import build_model
 
     build_model(config.architecture, 1, config.cutoff)  # validate model keys early
