@@ -51,7 +51,7 @@ def register(subparsers) -> None:
         description="Turn trajectories into conformational states with populations and "
                     "free energies (writes states.csv, fes.npz, summary.json, PNG plots).")
     p.add_argument("config", help="analysis TOML file")
-    add_override_option(p)
+    add_override_option(p, "cluster.k=6")
     p.add_argument("--out", default=None,
                    help="output directory (sets output.directory; default: the config's, "
                         "relative to the config file)")

@@ -278,13 +278,12 @@ def load(cls: type[T], path: str | os.PathLike, overrides: Iterable[Override] = 
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def add_override_option(parser) -> None:
+def add_override_option(parser, example: str) -> None:
     """Add the ``--set SECTION.KEY=VALUE`` option (repeatable) to an argparse parser."""
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
         help="override a config value (repeatable); VALUE is read as TOML (5, 1e-3, "
-             "true, \"text\", [1, 2]) or else taken as a bare string; e.g. "
-             "--set training.epochs=5")
+             f"true, \"text\", [1, 2]) or else taken as a bare string; e.g. --set {example}")
 
 
 def cli_overrides(args, flags: Mapping[str, str] = {}) -> list[Override]:

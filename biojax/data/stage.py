@@ -62,7 +62,7 @@ def register(subparsers) -> None:
                     "them with the recipe's reference engine and write extxyz (atomically).")
     p.add_argument("recipe", help="recipe TOML file")
     p.add_argument("--out", required=True, help="output .extxyz file")
-    add_override_option(p)
+    add_override_option(p, "rattle_strain.max_strain=0.05")
     p.add_argument("--frames", type=int, default=None, help="override the recipe's frames")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p.add_argument("--quiet", action="store_true", help="no progress display")

@@ -90,7 +90,7 @@ def register(subparsers) -> None:
                     "or a classical potential; writes observables, a trajectory and "
                     "checkpoints to the output directory.")
     p.add_argument("config", help="TOML config (see examples/md/)")
-    add_override_option(p)
+    add_override_option(p, "temperature_K=350")
     p.add_argument("--model", help="trained model directory (sets model)")
     p.add_argument("--structure", help="starting structure (PDB, extxyz, ...; sets structure)")
     p.add_argument("--ensemble", choices=ENSEMBLES)

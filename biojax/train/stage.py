@@ -56,7 +56,7 @@ def register(subparsers) -> None:
         "train", help="train a potential on reference data",
         description="Train a potential; writes DIR/model/ and DIR/metrics.json.")
     p.add_argument("config", help="training config (TOML)")
-    add_override_option(p)
+    add_override_option(p, "training.epochs=5")
     p.add_argument("--train-file", help="reference data to train on (sets data.train_file)")
     p.add_argument("--valid-file", help="validation data (sets data.valid_file)")
     p.add_argument("--max-minutes", type=float,
