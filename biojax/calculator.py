@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from biojax.data.graphs import batch_graphs, build_graph
+from biojax.data.graphs import batch_graphs, find_edges
 from biojax.data.io import structure_from_atoms
 from biojax.nn.potential import Potential, graph_energy_forces_stress
 
@@ -28,26 +28,23 @@ class BiojaxCalculator(Calculator):
         leaves = jax.tree_util.tree_leaves(potential.params)
         self._dtype = np.asarray(leaves[0]).dtype if leaves else np.float32
 
-        def evaluate(params, batch, compute_stress):
-            return graph_energy_forces_stress(
-                potential, params, batch.positions, batch.species, batch.senders,
-                batch.receivers, batch.shifts, batch.edge_mask, batch.node_mask,
-                batch.graph_index, batch.graph_mask.shape[0], batch.volume, compute_stress)
-
-        self._evaluate = jax.jit(evaluate, static_argnums=2)
+        self._evaluate = jax.jit(
+            lambda params, batch, compute_stress: graph_energy_forces_stress(
+                potential, params, batch, compute_stress), static_argnums=2)
         self._padded = (0, 0)  # largest (atoms, edges) padding so far
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         structure = structure_from_atoms(self.atoms, "atoms")
         species = self.potential.species_of(structure.numbers)
-        graph = build_graph(structure, self.potential.cutoff)
-        batch = batch_graphs([structure], [graph], [species], [0.0], n_graphs=2,
+        edges = find_edges(structure, self.potential.cutoff)
+        batch = batch_graphs([structure], [edges], [species], [0.0], n_graphs=2,
                              dtype=self._dtype, min_atoms=self._padded[0],
                              min_edges=self._padded[1])
         self._padded = (len(batch.positions), len(batch.senders))
         compute_stress = "stress" in properties and structure.periodic
-        energies, forces, stress = self._evaluate(self.potential.params, batch, compute_stress)
+        pred = self._evaluate(self.potential.params, batch, compute_stress)
+        energies, forces, stress = pred["energy"], pred["forces"], pred["stress"]
         energy = float(energies[0]) + self.potential.reference_energy(structure.numbers)
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from biojax.data.graphs import GraphDataset, bucket_size, build_graph
-from biojax.data.io import (KCAL_MOL_TO_EV, fit_reference_energies, read_dataset,
-                            read_isolated_atoms, split_indices, write_extxyz)
+from biojax.data.graphs import GraphDataset, bucket_size, find_edges
+from biojax.data.io import (fit_reference_energies, read_dataset, read_isolated_atoms,
+                            split_indices, write_extxyz)
 from biojax.core.errors import DataError
+from biojax.core.units import KCAL_PER_MOL
 
 
 def test_reads_extxyz_with_energies_and_forces(ethanol_train):
@@ -42,12 +43,12 @@ def test_reads_sgdml_npz_converting_kcal_mol(tmp_path, capsys):
     np.savez(tmp_path / "md17.npz", R=R, z=np.array([1, 8]), E=np.array([[1.0], [2.0], [3.0]]),
              F=np.ones((3, 2, 3)))
     frames = read_dataset(tmp_path / "md17.npz")
-    assert frames[1].energy == pytest.approx(2.0 * KCAL_MOL_TO_EV)
-    np.testing.assert_allclose(frames[0].forces, KCAL_MOL_TO_EV)
+    assert frames[1].energy == pytest.approx(2.0 * KCAL_PER_MOL)
+    np.testing.assert_allclose(frames[0].forces, KCAL_PER_MOL)
     assert "kcal/mol" in capsys.readouterr().err
     # 1 kcal/mol in eV by ASE's own constants
     from ase import units
-    assert KCAL_MOL_TO_EV == pytest.approx(units.kcal / units.mol, rel=1e-8)
+    assert KCAL_PER_MOL == pytest.approx(units.kcal / units.mol, rel=1e-8)
 
 
 def test_missing_malformed_and_nan_inputs_are_clear_errors(tmp_path):
@@ -117,6 +118,6 @@ def test_batches_pad_with_masks_and_match_ase_neighbours(ethanol_train):
     from biojax.data.io import Structure
     one = Structure(numbers=np.array([29]), positions=np.zeros((1, 3)), cell=np.eye(3) * 2.5,
                     pbc=np.ones(3, bool))
-    graph = build_graph(one, 3.0)
+    graph = find_edges(one, 3.0)
     assert len(graph.senders) == 6
     np.testing.assert_allclose(np.sort(np.linalg.norm(graph.shifts, axis=1)), 2.5)

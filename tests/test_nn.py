@@ -228,7 +228,7 @@ def test_unknown_element_and_missing_model_are_clear_errors(tmp_path):
 def test_unknown_model_hyperparameter_lists_valid_keys():
     with pytest.raises(ConfigError, match="unknown key.*'featurs'.*valid keys.*features"):
         build_model({"name": "painn", "featurs": 8}, 1, 5.0)
-    with pytest.raises(ConfigError, match="not known; valid: schnet, painn"):
+    with pytest.raises(ConfigError, match="unknown model .mace.; registered: .*painn, schnet"):
         build_model({"name": "mace"}, 1, 5.0)
 
 

@@ -1,4 +1,4 @@
-"""Padded graph batches with masks, in a small known set of shapes (buckets).
+"""Padded batches of structures with masks, in a small known set of shapes (buckets).
 
 Edges are found once per structure on the host (ASE's neighbour list, periodic images
 included) and cached; a batch concatenates graphs and pads atoms and edges up to the next
@@ -17,7 +17,7 @@ import numpy as np
 from biojax.data.io import Structure
 
 
-class Graph(NamedTuple):
+class Edges(NamedTuple):
     """Edges of one structure: ``vector = positions[receivers] - positions[senders] + shifts``."""
 
     senders: np.ndarray  # (E,) int
@@ -45,9 +45,11 @@ class GraphBatch(NamedTuple):
     has_energy: np.ndarray  # (G,) bool
     has_forces: np.ndarray  # (N,) bool
     has_stress: np.ndarray  # (G,) bool
+    labels: dict = {}  # name -> (G, ...) per-structure or (N, ...) per-atom extra labels
+    has_label: dict = {}  # name -> (G,) or (N,) bool: where that label is present
 
 
-def build_graph(structure: Structure, cutoff: float) -> Graph:
+def find_edges(structure: Structure, cutoff: float) -> Edges:
     """All ordered pairs (i, j), i ≠ j or a periodic image, closer than ``cutoff`` Å."""
     from ase.neighborlist import primitive_neighbor_list
 
@@ -61,7 +63,7 @@ def build_graph(structure: Structure, cutoff: float) -> Graph:
     i, j, S = primitive_neighbor_list("ijS", pbc, cell, positions, cutoff,
                                       self_interaction=False)
     shifts = S @ cell if structure.periodic else np.zeros((len(i), 3))
-    return Graph(i.astype(np.int32), j.astype(np.int32), shifts.astype(np.float64))
+    return Edges(i.astype(np.int32), j.astype(np.int32), shifts.astype(np.float64))
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:
@@ -76,14 +78,16 @@ def bucket_size(n: int, minimum: int = 8) -> int:
         k += 1
 
 
-def batch_graphs(structures: Sequence[Structure], graphs: Sequence[Graph],
+def batch_graphs(structures: Sequence[Structure], graphs: Sequence[Edges],
                  species: Sequence[np.ndarray], reference: Sequence[float], n_graphs: int,
-                 dtype=np.float32, min_atoms: int = 0, min_edges: int = 0) -> GraphBatch:
+                 dtype=np.float32, min_atoms: int = 0, min_edges: int = 0,
+                 labels: Sequence[str] = ()) -> GraphBatch:
     """Concatenate up to ``n_graphs - 1`` structures into one padded GraphBatch.
 
     ``species`` are the species indices of each structure and ``reference`` the summed
     reference energy (eV) subtracted from its energy label. Atoms and edges are padded to
-    their bucket, and to at least ``min_atoms``/``min_edges``.
+    their bucket, and to at least ``min_atoms``/``min_edges``. ``labels`` names extra
+    labels (``Structure.labels``: per structure, or per atom) to carry, with masks.
     """
     if len(structures) > n_graphs - 1:
         raise ValueError(f"{len(structures)} structures do not fit {n_graphs - 1} graph slots")
@@ -137,19 +141,45 @@ def batch_graphs(structures: Sequence[Structure], graphs: Sequence[Graph],
             has_stress[g] = True
         a += n
         e += m
+    extra, has_extra = {}, {}
+    for name in labels:
+        extra[name], has_extra[name] = _batch_label(structures, name, N, G, dtype)
     return GraphBatch(positions, species_arr, node_mask, graph_index, senders, receivers,
                       shifts, edge_mask, energy, forces, stress, volume, n_atoms, graph_mask,
-                      has_energy, has_forces, has_stress)
+                      has_energy, has_forces, has_stress, extra, has_extra)
+
+
+def _batch_label(structures: Sequence[Structure], name: str, n_atoms: int, n_graphs: int,
+                 dtype):
+    """One extra label padded like the batch: (G, ...) from ``Structure.labels`` or
+    (N, ...) from ``Structure.atom_labels``, with its presence mask."""
+    per_atom = any(name in s.atom_labels for s in structures)
+    table = [(s.atom_labels if per_atom else s.labels).get(name) for s in structures]
+    first = next((x for x in table if x is not None), None)
+    if first is None:
+        raise ValueError(f"no structure in the batch carries the label {name!r}")
+    shape = np.shape(first)[1:] if per_atom else np.shape(first)
+    values = np.zeros(((n_atoms if per_atom else n_graphs),) + shape, dtype)
+    mask = np.zeros(n_atoms if per_atom else n_graphs, bool)
+    a = 0
+    for g, (s, x) in enumerate(zip(structures, table)):
+        if x is not None and per_atom:
+            values[a:a + s.n_atoms], mask[a:a + s.n_atoms] = x, True
+        elif x is not None:
+            values[g], mask[g] = x, True
+        a += s.n_atoms
+    return values, mask
 
 
 class GraphDataset:
     """Structures with cached graphs, species and reference energies, ready to batch."""
 
     def __init__(self, structures: Sequence[Structure], cutoff: float, species_of,
-                 reference_energy_of, dtype=np.float32):
+                 reference_energy_of, dtype=np.float32, labels: Sequence[str] = ()):
         self.dtype = dtype
+        self.labels = tuple(labels)
         self.structures = list(structures)
-        self.graphs = [build_graph(s, cutoff) for s in self.structures]
+        self.graphs = [find_edges(s, cutoff) for s in self.structures]
         self.species = [species_of(s.numbers) for s in self.structures]
         self.reference = [reference_energy_of(s.numbers) for s in self.structures]
 
@@ -165,4 +195,5 @@ class GraphDataset:
             idx = order[start:start + batch_size]
             yield batch_graphs([self.structures[i] for i in idx], [self.graphs[i] for i in idx],
                                [self.species[i] for i in idx], [self.reference[i] for i in idx],
-                               n_graphs=batch_size + 1, dtype=self.dtype)
+                               n_graphs=batch_size + 1, dtype=self.dtype,
+                               labels=self.labels)

@@ -15,8 +15,7 @@ import numpy as np
 
 from biojax.core.atomic import atomic_path
 from biojax.core.errors import DataError
-
-KCAL_MOL_TO_EV = 0.0433641043  # 1 kcal/mol in eV (ase.units.kcal / ase.units.mol)
+from biojax.core.units import KCAL_PER_MOL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +29,8 @@ class Structure:
     energy: float | None = None  # eV
     forces: np.ndarray | None = None  # (N, 3) eV/Å
     stress: np.ndarray | None = None  # (3, 3) eV/Å³ (ASE sign: positive = tensile)
+    labels: dict = dataclasses.field(default_factory=dict)  # extra per-structure labels
+    atom_labels: dict = dataclasses.field(default_factory=dict)  # extra per-atom labels
 
     @property
     def n_atoms(self) -> int:
@@ -105,6 +106,7 @@ def structure_from_atoms(atoms, where: str = "structure") -> Structure:
     if forces is not None and forces.shape[0] != len(atoms):
         raise DataError(f"{where}: {forces.shape[0]} force rows for {len(atoms)} atoms")
     pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    labels, atom_labels = _extra_labels(atoms)
     return Structure(
         numbers=np.asarray(atoms.get_atomic_numbers(), dtype=np.int64),
         positions=positions,
@@ -113,7 +115,28 @@ def structure_from_atoms(atoms, where: str = "structure") -> Structure:
         energy=energy,
         forces=forces,
         stress=stress if pbc.any() else None,
+        labels=labels,
+        atom_labels=atom_labels,
     )
+
+
+_NOT_LABELS = {"numbers", "positions", "momenta", "masses", "initial_charges",
+               "initial_magmoms", "tags", "spacegroup_kinds", *_ENERGY_KEYS, *_FORCE_KEYS,
+               *_STRESS_KEYS}
+
+
+def _extra_labels(atoms) -> tuple[dict, dict]:
+    """Numeric entries of ``atoms.info`` (per structure) and ``atoms.arrays`` (per atom)
+    other than the standard ones: the labels user loss terms can train on."""
+    def numeric(x):
+        a = np.asarray(x)
+        return a.dtype.kind in "fiu" and a.dtype != bool
+
+    info = {k: np.asarray(v, np.float64) for k, v in atoms.info.items()
+            if k not in _NOT_LABELS and not isinstance(v, (bool, str)) and numeric(v)}
+    arrays = {k: np.asarray(v, np.float64) for k, v in atoms.arrays.items()
+              if k not in _NOT_LABELS and numeric(v)}
+    return info, arrays
 
 
 def read_frames(path: str | os.PathLike, index: str | int = ":") -> list:
@@ -160,10 +183,10 @@ def _read_npz(path: str) -> list[Structure]:
         raise DataError(f"{path}: cannot be read as .npz ({exc})") from None
     if R.ndim != 3 or R.shape[1:] != (z.shape[0], 3):
         raise DataError(f"{path}: R has shape {R.shape}, expected (frames, {z.shape[0]}, 3)")
-    E = np.asarray(data["E"], np.float64).reshape(-1) * KCAL_MOL_TO_EV if "E" in data else None
-    F = np.asarray(data["F"], np.float64) * KCAL_MOL_TO_EV if "F" in data else None
+    E = np.asarray(data["E"], np.float64).reshape(-1) * KCAL_PER_MOL if "E" in data else None
+    F = np.asarray(data["F"], np.float64) * KCAL_PER_MOL if "F" in data else None
     print(f"biojax: {path}: energies and forces converted from kcal/mol to eV "
-          f"(1 kcal/mol = {KCAL_MOL_TO_EV} eV)", file=sys.stderr)
+          f"(1 kcal/mol = {KCAL_PER_MOL} eV)", file=sys.stderr)
     out = []
     for i in range(R.shape[0]):
         if not np.all(np.isfinite(R[i])):
@@ -185,9 +208,14 @@ def write_extxyz(structures: Iterable[Structure], path: str | os.PathLike) -> No
 
 
 def require_labels(structures: Sequence[Structure], path: str, energy: bool, forces: bool,
-                   stress: bool) -> None:
-    """Raise DataError naming the first frame that lacks a label the loss weights."""
+                   stress: bool, extra: Sequence[str] = ()) -> None:
+    """Raise DataError naming the first frame that lacks a label the loss weights
+    (``extra``: names of further per-structure or per-atom labels)."""
     for i, s in enumerate(structures):
+        for name in extra:
+            if name not in s.labels and name not in s.atom_labels:
+                raise DataError(f"{path} frame {i}: no label {name!r} (a loss term reads it; "
+                                f"labels found: {', '.join(sorted({**s.labels, **s.atom_labels})) or 'none'})")
         if energy and s.energy is None:
             raise DataError(f"{path} frame {i}: no energy, but the energy loss weight is > 0")
         if forces and s.forces is None:

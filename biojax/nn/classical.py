@@ -1,9 +1,12 @@
 """Classical pair potentials (Lennard-Jones, Morse) as biojax Potentials.
 
-They are ordinary :class:`~biojax.nn.potential.Potential` objects: the graph form
-(``atomic_energies``) serves the ASE calculator and training code, and ``energy_fn`` drives
-jax-md. Pair potentials are cheaper on a Dense neighbor list (one row of neighbours per
-atom), so they set ``neighbor_format = "dense"``; ``energy_fn`` accepts either format.
+They are ordinary :class:`~biojax.nn.potential.Potential` objects whose model is a
+:class:`PairModel`: the graph form (``model.apply(params, graph)``) serves the ASE
+calculator and training code, and ``Potential.energy_fn`` drives jax-md. Pair potentials
+are cheaper on a Dense neighbor list (one row of neighbours per atom), so the model tells
+the MD engine it prefers one (``PairModel.neighbor_format``); either format works. The
+models are registered as ``"lennard-jones"`` and ``"morse"`` so saved pair potentials load
+like trained ones.
 
 Parameters are a plain pytree (per-species-pair matrices), so they are differentiable.
 The smooth cutoff is the C¹ polynomial in r² that ASE's ``LennardJones(smooth=True)`` uses:
@@ -22,6 +25,8 @@ from jax.custom_derivatives import SymbolicZero
 from jax_md import partition
 
 from biojax.core.errors import ModelError
+from biojax.core.graph import Graph
+from biojax.core.registry import models
 from biojax.nn.potential import Potential
 
 
@@ -49,11 +54,13 @@ _PAIR_FUNCTIONS = {"lennard-jones": lennard_jones_pair, "morse": morse_pair}
 
 @dataclasses.dataclass(frozen=True)
 class PairModel:
-    """A model with the Potential's ``apply`` signature for a species-pair potential."""
+    """A species-pair potential as a model: ``apply(params, graph)`` gives per-atom
+    energies (eV); ``params`` are per-species-pair matrices (differentiable)."""
 
     kind: str
     cutoff: float
     r_onset: float
+    neighbor_format = "dense"  # what the MD engine should build for it (a preference)
 
     def pair_energy(self, r2, params, species_a, species_b):
         """Smoothly cut pair energies (eV) for squared distances r2 (Å²)."""
@@ -62,27 +69,22 @@ class PairModel:
         e = _PAIR_FUNCTIONS[self.kind](safe_r2, pair_params)
         return jnp.where(r2 > 1e-6, e * smooth_cutoff(safe_r2, self.cutoff, self.r_onset), 0.0)
 
-    def apply(self, params, vectors, species, senders, receivers, edge_mask, node_mask,
-              pairs: bool = False):
+    def apply(self, params, graph: Graph):
         """Per-atom energies (eV); each directed edge gives half its pair energy to its
-        receiver; with ``pairs`` each edge is a pair and gives half to each of its atoms."""
-        r2 = jnp.sum(vectors * vectors, axis=-1)
+        receiver; with ``graph.pairs`` each edge is a pair and gives half to each atom."""
+        species, senders, receivers = graph.species, graph.senders, graph.receivers
+        r2 = jnp.sum(graph.vectors * graph.vectors, axis=-1)
         e = self.pair_energy(r2, params, species[senders], species[receivers])
-        e = jnp.where(edge_mask, 0.5 * e, 0.0)
+        e = jnp.where(graph.edge_mask, 0.5 * e, 0.0)
         n = species.shape[0]
         per_atom = jax.ops.segment_sum(e, receivers, num_segments=n)
-        return per_atom + jax.ops.segment_sum(e, senders, num_segments=n) if pairs else per_atom
+        if graph.pairs:
+            per_atom = per_atom + jax.ops.segment_sum(e, senders, num_segments=n)
+        return per_atom
 
-
-@dataclasses.dataclass(frozen=True)
-class PairPotential(Potential):
-    """A Potential for a classical pair energy; prefers a Dense neighbor list."""
-
-    neighbor_format: str = "dense"
-
-    def energy_fn(self, displacement_fn: Callable, numbers: Sequence[int], params=None,
-                  per_atom: bool = False) -> Callable:
-        """``energy(positions, neighbor, **kwargs)`` in eV on a Dense or Sparse list.
+    def neighbor_energy_fn(self, displacement_fn: Callable, species, graph_energy: Callable
+                           ) -> Callable:
+        """``energy(positions, neighbor, params, **kwargs)`` (eV, unscaled) on a jax-md list.
 
         On a Dense list without ``kwargs`` (a fixed box: what NVE/NVT steps call) the
         energy carries its own derivative rule: the force on atom i is summed over its own
@@ -90,12 +92,11 @@ class PairPotential(Potential):
         scatter over the neighbours (5324 argon atoms on 2 CPU cores: 3.1 ms per force
         call instead of 8.0 ms with plain autodiff). The rule is written in
         differentiable JAX, so Hessians and derivatives through trajectories stay exact.
-        With ``kwargs`` (NPT boxes, jax-md's strain for the pressure) plain autodiff is used.
+        With ``kwargs`` (NPT boxes, jax-md's strain for the pressure) plain autodiff is
+        used; other list formats go through the Graph (``graph_energy``).
         """
-        sparse = super().energy_fn(displacement_fn, numbers, params, per_atom)
-        species = jnp.asarray(self.species_of(numbers))
         n_atoms = species.shape[0]
-        model = self.model
+        model = self
 
         def pair_terms(positions, idx, p, **kwargs):
             """Per-pair energies e (N, M), masked, and the row-wise derivative Σ_j ∂e/∂r_i."""
@@ -139,15 +140,12 @@ class PairPotential(Potential):
 
         fast_energy.defjvp(fast_energy_jvp, symbolic_zeros=True)
 
-        def energy(positions, neighbor, params=params, **kwargs):
+        def energy(positions, neighbor, p, **kwargs):
             if neighbor.format is not partition.NeighborListFormat.Dense:
-                return sparse(positions, neighbor, params=params, **kwargs)
-            p = self.params if params is None else params
-            if not kwargs and not per_atom:
+                return jnp.sum(graph_energy(positions, neighbor, p, **kwargs))
+            if not kwargs:
                 return fast_energy(positions, neighbor.idx, p)
-            e = pair_terms(positions, neighbor.idx, p, **kwargs)[0]
-            e_atom = 0.5 * jnp.sum(e, axis=1)
-            return e_atom if per_atom else jnp.sum(e_atom)
+            return 0.5 * jnp.sum(pair_terms(positions, neighbor.idx, p, **kwargs)[0])
 
         return energy
 
@@ -161,7 +159,7 @@ def _pair_matrix(values: Sequence[float], rule: str) -> np.ndarray:
 
 def lennard_jones(elements: Sequence[int], sigma: Sequence[float] | float,
                   epsilon: Sequence[float] | float, cutoff: float,
-                  r_onset: float | None = None) -> PairPotential:
+                  r_onset: float | None = None) -> Potential:
     """Lennard-Jones Potential (σ in Å, ε in eV, cutoff in Å), Lorentz–Berthelot mixing.
 
     ``r_onset`` (Å, default 0.8·cutoff) starts the smooth switch; it matches ASE's
@@ -178,7 +176,7 @@ def lennard_jones(elements: Sequence[int], sigma: Sequence[float] | float,
         raise ModelError(f"lennard_jones: need 0 < r_onset < cutoff, got {r_onset}, {cutoff}")
     params = {"sigma": jnp.asarray(_pair_matrix(sigma, "arithmetic")),
               "epsilon": jnp.asarray(_pair_matrix(epsilon, "geometric"))}
-    return PairPotential(
+    return Potential(
         model=PairModel("lennard-jones", float(cutoff), float(r_onset)), params=params,
         cutoff=float(cutoff), elements=elements, reference_energies=(0.0,) * n,
         architecture={"name": "lennard-jones", "sigma": list(map(float, sigma)),
@@ -186,15 +184,31 @@ def lennard_jones(elements: Sequence[int], sigma: Sequence[float] | float,
 
 
 def morse(elements: Sequence[int], D: float, alpha: float, r0: float, cutoff: float,
-          r_onset: float | None = None) -> PairPotential:
+          r_onset: float | None = None) -> Potential:
     """Morse Potential (D in eV, alpha in 1/Å, r0 in Å, cutoff in Å), one set for all pairs."""
     elements = tuple(int(z) for z in elements)
     n = len(elements)
     r_onset = 0.8 * cutoff if r_onset is None else r_onset
     full = lambda x: jnp.full((n, n), x, dtype=jnp.float32)  # noqa: E731
-    return PairPotential(
+    return Potential(
         model=PairModel("morse", float(cutoff), float(r_onset)),
         params={"D": full(D), "alpha": full(alpha), "r0": full(r0)},
         cutoff=float(cutoff), elements=elements, reference_energies=(0.0,) * n,
         architecture={"name": "morse", "D": D, "alpha": alpha, "r0": r0,
                       "r_onset": float(r_onset)})
+
+
+@models.register("lennard-jones")
+def _lennard_jones_model(num_species: int, cutoff: float, r_onset: float,
+                         sigma=None, epsilon=None) -> PairModel:
+    """The Lennard-Jones PairModel; ``sigma``/``epsilon`` (per element, Å/eV) are
+    recorded in saved models for readers, the parameters hold the mixed matrices."""
+    return PairModel("lennard-jones", float(cutoff), float(r_onset))
+
+
+@models.register("morse")
+def _morse_model(num_species: int, cutoff: float, r_onset: float, D=None, alpha=None,
+                 r0=None) -> PairModel:
+    """The Morse PairModel; ``D``, ``alpha``, ``r0`` are recorded for readers, the
+    parameters hold them as per-species-pair matrices."""
+    return PairModel("morse", float(cutoff), float(r_onset))

@@ -1,13 +1,18 @@
 """Saving and loading a Potential as one directory.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
-    MODEL_DIR/potential.json   architecture, cutoff, elements, reference energies,
-                               units, dtype, biojax version, format_version
+    MODEL_DIR/potential.json   architecture (model name or import path "module:Name" and
+                               its hyperparameters), cutoff, elements, scale, shifts,
+                               reference energies, units, dtype, biojax version,
+                               format_version
     MODEL_DIR/params.msgpack   the parameter pytree (flax msgpack of numpy arrays)
 
 The loader accepts every format version up to its own and fills defaults for keys added
-later, so a model written by this version stays loadable by later ones. The directory is
+later, so a model written by this version stays loadable by later ones. Format 1 kept the
+output scale and shifts inside the architecture (``atomic_scale``, ``atomic_shifts``); they
+are moved to the Potential on load. A model named by import path loads wherever its module
+is importable. The directory is
 written to a temporary sibling and renamed into place, so a crash never leaves a
 half-written model.
 """
@@ -23,10 +28,10 @@ import jax
 import numpy as np
 from flax import serialization
 
-from biojax.core.errors import ModelError
+from biojax.core.errors import ConfigError, ModelError
 from biojax.nn.potential import Potential
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _META_FILE = "potential.json"
 _PARAMS_FILE = "params.msgpack"
 
@@ -46,6 +51,8 @@ def save_potential(potential: Potential, directory: str | os.PathLike,
         "biojax_version": __version__,
         "architecture": potential.architecture,
         "cutoff": potential.cutoff,
+        "scale": potential.scale,
+        "shifts": list(potential.shifts),
         "elements": list(potential.elements),
         "reference_energies": list(potential.reference_energies),
         "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom",
@@ -103,6 +110,9 @@ def load_potential(directory: str | os.PathLike) -> Potential:
         cutoff = float(meta["cutoff"])
         architecture = dict(meta["architecture"])
         reference = tuple(float(e) for e in meta.get("reference_energies", [0.0] * len(elements)))
+        # format 1 kept the output scale and shifts among the hyperparameters
+        scale = float(meta.get("scale", architecture.pop("atomic_scale", 1.0)))
+        shifts = tuple(float(x) for x in meta.get("shifts", architecture.pop("atomic_shifts", ())))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{meta_path}: missing or malformed field {exc}") from None
     params_path = os.path.join(directory, meta.get("params_file", _PARAMS_FILE))
@@ -113,7 +123,11 @@ def load_potential(directory: str | os.PathLike) -> Potential:
         raise ModelError(f"{directory}: parameter file {os.path.basename(params_path)} missing") from None
     except Exception as exc:
         raise ModelError(f"{params_path}: cannot be read ({exc})") from None
-    model = build_model(architecture, len(elements), cutoff)
+    try:
+        model = build_model(architecture, len(elements), cutoff)
+    except ConfigError as exc:
+        raise ModelError(f"{meta_path}: the recorded model cannot be built: {exc}") from None
     params = jax.tree_util.tree_map(np.asarray, params)  # keep the stored precision
     return Potential(model=model, params=params, cutoff=cutoff, elements=elements,
-                     reference_energies=reference, architecture=architecture)
+                     reference_energies=reference, architecture=architecture, scale=scale,
+                     shifts=shifts)

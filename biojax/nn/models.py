@@ -1,24 +1,30 @@
-"""Flax models: graph of edge vectors in, per-atom energies (eV) out.
+"""Flax models: a Graph in, per-atom energies (eV) out.
 
-Two architectures share the same building blocks (species embedding, radial basis,
-smooth cutoff envelope, per-species scale/shift):
+Every model is a ``flax.linen.Module`` registered in ``biojax.core.registry.models`` and
+called as ``model.apply(params, graph)`` with a :class:`~biojax.core.graph.Graph`; it
+returns per-atom energies (N,) in eV. The per-species scale and shift fitted from the
+training data are applied by the :class:`~biojax.nn.potential.Potential`, not here, so a
+model never needs to know about them. Two architectures share the building blocks below
+(species embedding, radial basis, smooth cutoff envelope):
 
 - ``schnet``: invariant continuous-filter convolutions (Schütt et al., 2018).
 - ``painn``: equivariant message passing with scalar and vector features
   (Schütt, Unke & Gastegger, 2021).
 
-Every model has the signature
-``model.apply(params, vectors, species, senders, receivers, edge_mask, node_mask, pairs)``
-where ``vectors`` are r_receiver − r_sender (Å) and messages flow sender → receiver.
-With ``pairs=True`` each edge stands for an unordered pair and messages flow both ways:
+With ``graph.pairs`` each edge stands for an unordered pair and messages flow both ways:
 everything that depends only on the distance (radial basis, envelope, filter networks) is
 computed once per pair, which halves the dominant cost of a step in MD (jax-md
 ``OrderedSparse`` neighbor lists). The result is the same as with both directed edges.
+
+A user model is any Flax module (or factory) whose constructor takes ``num_species`` and
+``cutoff`` (Å) plus its own hyperparameters, named in a config by import path
+(``[model] name = "mymodule:MyNet"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Sequence
 
 import flax.linen as nn
@@ -27,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from biojax.core.errors import ConfigError
+from biojax.core.graph import Graph
+from biojax.core.registry import models, resolve
 from biojax.nn.potential import Potential
 
 
@@ -79,24 +87,8 @@ def radial_features(vectors, edge_mask, cutoff, basis, n_basis, envelope):
     return r, rbf, _ENVELOPES[envelope](r, cutoff) * edge_mask
 
 
-def directed(senders, receivers, pairs: bool):
-    """Directed (senders, receivers) and ``both(x, sign)``, which repeats a per-edge array
-    for the reverse direction of every pair (times ``sign``: −1 for vectors); with
-    ``pairs=False`` the edges are already directed and ``both`` is the identity."""
-    if not pairs:
-        return senders, receivers, lambda x, sign=1.0: x
-    return (jnp.concatenate([senders, receivers]), jnp.concatenate([receivers, senders]),
-            lambda x, sign=1.0: jnp.concatenate([x, sign * x]))
-
-
-def scale_shift(x, species, scale, shifts, node_mask):
-    """Per-species affine map of per-atom outputs: e = scale · x + shift[species] (eV),
-    zero on padding atoms; no shifts means zero shifts."""
-    shift = jnp.asarray(shifts, x.dtype)[species] if shifts else 0.0
-    return (scale * x + shift) * node_mask
-
-
 # ---------------------------------------------------------------- SchNet
+@models.register("schnet")
 class SchNet(nn.Module):
     """Invariant continuous-filter convolution network (SchNet class)."""
 
@@ -107,17 +99,14 @@ class SchNet(nn.Module):
     n_basis: int = 32
     basis: str = "gaussian"
     envelope: str = "cosine"
-    atomic_scale: float = 1.0
-    atomic_shifts: tuple[float, ...] = ()
 
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask,
-                 pairs: bool = False):
-        _, rbf, envelope = radial_features(vectors, edge_mask, self.cutoff, self.basis,
-                                           self.n_basis, self.envelope)
-        senders, receivers, both = directed(senders, receivers, pairs)
-        h = nn.Embed(self.num_species, self.features, name="embedding")(species)
-        n_nodes = species.shape[0]
+    def __call__(self, graph: Graph):
+        _, rbf, envelope = radial_features(graph.vectors, graph.edge_mask, self.cutoff,
+                                           self.basis, self.n_basis, self.envelope)
+        senders, receivers, both = graph.directed()
+        h = nn.Embed(self.num_species, self.features, name="embedding")(graph.species)
+        n_nodes = graph.n_nodes
         for t in range(self.n_interactions):
             w = nn.Dense(self.features, name=f"filter_{t}_0")(rbf)
             w = nn.Dense(self.features, name=f"filter_{t}_1")(shifted_softplus(w))
@@ -128,11 +117,11 @@ class SchNet(nn.Module):
             v = nn.Dense(self.features, name=f"update_{t}")(shifted_softplus(v))
             h = h + v
         out = nn.Dense(self.features // 2, name="readout_0")(h)
-        out = nn.Dense(1, name="readout_1")(shifted_softplus(out))[:, 0]
-        return scale_shift(out, species, self.atomic_scale, self.atomic_shifts, node_mask)
+        return nn.Dense(1, name="readout_1")(shifted_softplus(out))[:, 0]
 
 
 # ---------------------------------------------------------------- PaiNN
+@models.register("painn")
 class PaiNN(nn.Module):
     """Equivariant message passing with scalar and vector features (PaiNN class)."""
 
@@ -143,19 +132,16 @@ class PaiNN(nn.Module):
     n_basis: int = 20
     basis: str = "bessel"
     envelope: str = "cosine"
-    atomic_scale: float = 1.0
-    atomic_shifts: tuple[float, ...] = ()
 
     @nn.compact
-    def __call__(self, vectors, species, senders, receivers, edge_mask, node_mask,
-                 pairs: bool = False):
+    def __call__(self, graph: Graph):
         F = self.features
-        n_nodes = species.shape[0]
-        r, rbf, envelope = radial_features(vectors, edge_mask, self.cutoff, self.basis,
-                                           self.n_basis, self.envelope)
-        senders, receivers, both = directed(senders, receivers, pairs)
-        unit = both(vectors / r[:, None] * edge_mask[:, None], -1.0)
-        s = nn.Embed(self.num_species, F, name="embedding")(species)
+        n_nodes = graph.n_nodes
+        r, rbf, envelope = radial_features(graph.vectors, graph.edge_mask, self.cutoff,
+                                           self.basis, self.n_basis, self.envelope)
+        senders, receivers, both = graph.directed()
+        unit = both(graph.vectors / r[:, None] * graph.edge_mask[:, None], -1.0)
+        s = nn.Embed(self.num_species, F, name="embedding")(graph.species)
         v = jnp.zeros((n_nodes, 3, F), s.dtype)
         for t in range(self.n_interactions):
             # message: filters from the radial basis gate the sender's features
@@ -177,52 +163,73 @@ class PaiNN(nn.Module):
             v = v + avv[:, None, :] * uv
             s = s + ass + asv * jnp.sum(uv * vv, axis=1)
         out = nn.Dense(F // 2, name="readout_0")(s)
-        out = nn.Dense(1, name="readout_1")(jax.nn.silu(out))[:, 0]
-        return scale_shift(out, species, self.atomic_scale, self.atomic_shifts, node_mask)
+        return nn.Dense(1, name="readout_1")(jax.nn.silu(out))[:, 0]
 
 
-ARCHITECTURES = {"schnet": SchNet, "painn": PaiNN}
+def model_keys(factory) -> list[str] | None:
+    """The hyperparameters a model factory accepts (besides num_species and cutoff), or
+    None when it takes arbitrary keywords."""
+    if dataclasses.is_dataclass(factory):
+        return sorted(f.name for f in dataclasses.fields(factory)
+                      if f.init and f.name not in ("num_species", "cutoff", "parent", "name"))
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return sorted(p.name for p in params if p.name not in ("num_species", "cutoff"))
 
 
-def build_model(architecture: dict, num_species: int, cutoff: float) -> nn.Module:
-    """Instantiate the flax module named by ``architecture["name"]`` with its hyperparameters.
+def build_model(architecture: dict, num_species: int, cutoff: float):
+    """The model ``architecture["name"]`` (registered name or ``"module:Name"``) built with
+    ``num_species``, ``cutoff`` (Å) and the remaining keys as hyperparameters.
 
     Unknown names or hyperparameters raise ConfigError listing the valid ones.
     """
     arch = dict(architecture)
     name = arch.pop("name", None)
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"model name {name!r} is not known; valid: {', '.join(ARCHITECTURES)}")
-    cls = ARCHITECTURES[name]
-    fields = {f.name for f in dataclasses.fields(cls)} - {"num_species", "cutoff", "parent", "name"}
-    unknown = sorted(set(arch) - fields)
+    if name is None:
+        raise ConfigError("[model] needs a name: a registered model "
+                          f"({', '.join(resolve_names())}) or an import path 'module:Name'")
+    factory = resolve(models, name)
+    valid = model_keys(factory)
+    unknown = sorted(set(arch) - set(valid)) if valid is not None else []
     if unknown:
         raise ConfigError(f"[model] {name}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                          f"valid keys are: name, {', '.join(sorted(fields))}")
-    if "atomic_shifts" in arch:
-        arch["atomic_shifts"] = tuple(float(x) for x in arch["atomic_shifts"])
-    if arch.get("basis", "gaussian") not in _BASES:
+                          f"valid keys are: name, cutoff, {', '.join(valid)}")
+    if factory in (SchNet, PaiNN) and arch.get("basis", "gaussian") not in _BASES:
         raise ConfigError(f"[model] basis {arch['basis']!r}; valid: {', '.join(_BASES)}")
-    if arch.get("envelope", "cosine") not in _ENVELOPES:
+    if factory in (SchNet, PaiNN) and arch.get("envelope", "cosine") not in _ENVELOPES:
         raise ConfigError(f"[model] envelope {arch['envelope']!r}; valid: {', '.join(_ENVELOPES)}")
-    return cls(num_species=num_species, cutoff=float(cutoff), **arch)
+    try:
+        return factory(num_species=num_species, cutoff=float(cutoff), **arch)
+    except TypeError as exc:
+        raise ConfigError(f"[model] {name}: {exc}") from None
+
+
+def resolve_names() -> list[str]:
+    """Registered model names (built-ins included)."""
+    from biojax.core.registry import load
+
+    return load(models).names()
 
 
 def init_potential(architecture: dict, elements: Sequence[int], cutoff: float,
                    reference_energies: Sequence[float] | None = None, key=None,
-                   dtype=jnp.float32) -> Potential:
-    """A Potential with freshly initialised parameters (``key``: jax PRNG key, default 0)."""
+                   dtype=jnp.float32, scale: float = 1.0,
+                   shifts: Sequence[float] = ()) -> Potential:
+    """A Potential with freshly initialised parameters (``key``: jax PRNG key, default 0);
+    ``scale`` (eV) and ``shifts`` (eV/atom, per species) map model outputs to energies."""
     elements = tuple(int(z) for z in elements)
     model = build_model(architecture, len(elements), cutoff)
     key = jax.random.PRNGKey(0) if key is None else key
     # a tiny two-atom graph to trace shapes
-    vectors = jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype)
-    species = jnp.zeros(2, jnp.int32)
-    senders, receivers = jnp.array([0, 1], jnp.int32), jnp.array([1, 0], jnp.int32)
-    params = model.init(key, vectors, species, senders, receivers, jnp.ones(2, bool),
-                        jnp.ones(2, bool))
+    graph = Graph(vectors=jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype),
+                  species=jnp.zeros(2, jnp.int32), senders=jnp.array([0, 1], jnp.int32),
+                  receivers=jnp.array([1, 0], jnp.int32), edge_mask=jnp.ones(2, bool),
+                  node_mask=jnp.ones(2, bool))
+    params = model.init(key, graph)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), params)
     ref = (0.0,) * len(elements) if reference_energies is None else reference_energies
     return Potential(model=model, params=params, cutoff=float(cutoff), elements=elements,
                      reference_energies=tuple(float(e) for e in np.asarray(ref)),
-                     architecture=dict(architecture))
+                     architecture=dict(architecture), scale=float(scale),
+                     shifts=tuple(float(x) for x in shifts))

@@ -1,10 +1,11 @@
-"""The Potential: a model (any flax module mapping a graph of edge vectors to per-atom
-energies) coupled with its parameters, cutoff, element mapping and reference energies.
+"""The Potential: a model (any flax module mapping a Graph to per-atom energies) coupled
+with its parameters, cutoff, element mapping, output scale/shift and reference energies.
 
 A Potential is the one object that training produces and that MD, the ASE calculator and
-analysis consume. Its graph form works on edges so that the same model serves padded
-training batches (edges precomputed on the host) and jax-md neighbor lists (edges from
-``neighbor.idx`` inside ``jit``).
+analysis consume. Every evaluation goes through one path: a
+:class:`~biojax.core.graph.Graph` (built by ``batch_graph`` from padded training batches
+or by ``neighbor_graph`` from jax-md neighbor lists) → ``model.apply(params, graph)`` →
+``scale · e + shift[species]``.
 
 Energies returned by the JAX functions here are *interaction* energies: the per-species
 reference energies (isolated atoms, or a least-squares fit) are left out so that float32
@@ -20,9 +21,9 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import partition
 
 from biojax.core.errors import ModelError
+from biojax.core.graph import Graph, batch_graph, neighbor_graph
 
 Array = jax.Array
 
@@ -32,15 +33,16 @@ class Potential:
     """A model with everything needed to evaluate it on atoms.
 
     Attributes:
-      model: flax module; ``model.apply(params, vectors, species, senders, receivers,
-        edge_mask, node_mask, pairs)`` returns per-atom interaction energies (eV), shape
-        (N,). ``vectors[e] = position[receivers[e]] - position[senders[e]]`` (Å); with
-        ``pairs=True`` each edge is one unordered pair standing for both directions.
+      model: flax module (or any object with ``apply``); ``model.apply(params, graph)``
+        returns per-atom outputs (N,) in eV for a :class:`~biojax.core.graph.Graph`.
       params: the model's parameter pytree.
       cutoff: interaction cutoff (Å); edges beyond it contribute nothing.
       elements: atomic numbers, in species-index order.
       reference_energies: per-element reference energies (eV), same order as elements.
-      architecture: name and hyperparameters, enough to rebuild ``model`` (see nn.models).
+      architecture: name (registered or ``"module:Name"``) and hyperparameters, enough to
+        rebuild ``model`` (see ``biojax.nn.models.build_model``).
+      scale: multiplies the model's per-atom outputs (eV; fitted from the training data).
+      shifts: per-species energy added to each atom (eV/atom); empty means zero.
     """
 
     model: Any
@@ -49,8 +51,8 @@ class Potential:
     elements: tuple[int, ...]
     reference_energies: tuple[float, ...]
     architecture: dict = dataclasses.field(default_factory=dict)
-    # the jax-md neighbor list format MD uses: "ordered-sparse" (each pair once) or "dense"
-    neighbor_format: str = "ordered-sparse"
+    scale: float = 1.0
+    shifts: tuple[float, ...] = ()
 
     # ---------------------------------------------------------------- species
     def species_of(self, numbers: Sequence[int]) -> np.ndarray:
@@ -74,41 +76,47 @@ class Potential:
         return float(np.asarray(self.reference_energies, dtype=np.float64)[species].sum())
 
     # ---------------------------------------------------------------- graph form
-    def atomic_energies(self, params, vectors, species, senders, receivers, edge_mask,
-                        node_mask, pairs: bool = False) -> Array:
-        """Per-atom interaction energies (eV), zero on padding atoms; ``pairs``: each edge
-        is an unordered pair (see ``model``)."""
-        energies = self.model.apply(params, vectors, species, senders, receivers,
-                                    edge_mask, node_mask, pairs)
-        return jnp.where(node_mask, energies, 0.0)
+    def _scaled(self, outputs, species, node_mask):
+        """scale · outputs + shift[species] (eV), zero on padding atoms."""
+        shift = jnp.asarray(self.shifts, outputs.dtype)[species] if self.shifts else 0.0
+        return jnp.where(node_mask, self.scale * outputs + shift, 0.0)
+
+    def atomic_energies(self, params, graph: Graph) -> Array:
+        """Per-atom interaction energies (eV) of a Graph, zero on padding atoms."""
+        return self._scaled(self.model.apply(params, graph), graph.species, graph.node_mask)
 
     # ---------------------------------------------------------------- jax-md form
     def energy_fn(self, displacement_fn: Callable, numbers: Sequence[int], params=None,
                   per_atom: bool = False) -> Callable:
         """An ``energy(positions, neighbor, **kwargs)`` function for jax-md (eV).
 
-        ``neighbor`` is a jax-md NeighborList in Sparse format (``idx`` of shape (2, E),
-        padded with N) or OrderedSparse (each pair once: the cheaper form for MD, see
-        ``neighbor_format``). ``kwargs`` are passed to ``displacement_fn`` (e.g. ``box=`` for
-        ``space.periodic_general``). With ``per_atom=True`` the per-atom energies are
-        returned instead of their sum. ``params`` overrides the stored parameters.
+        ``neighbor`` is a jax-md NeighborList in any format (OrderedSparse, each pair once,
+        is the cheaper form for message passing). ``kwargs`` are passed to
+        ``displacement_fn`` (e.g. ``box=`` for ``space.periodic_general``). With
+        ``per_atom=True`` the per-atom energies are returned instead of their sum.
+        ``params`` overrides the stored parameters. A model with its own neighbor-list
+        energy (``model.neighbor_energy_fn``, e.g. pair potentials on Dense lists) is
+        used through it; scale and shifts apply either way.
         """
         species = jnp.asarray(self.species_of(numbers))
-        n_atoms = species.shape[0]
+        node_mask = jnp.ones(species.shape, bool)
+
+        def graph_energy(positions, neighbor, p, **kwargs):
+            graph = neighbor_graph(positions, neighbor, species, displacement_fn, **kwargs)
+            return self.model.apply(p, graph)
+
+        custom = getattr(self.model, "neighbor_energy_fn", None)
+        model_energy = (custom(displacement_fn, species, graph_energy)
+                        if custom is not None else None)
 
         def energy(positions, neighbor, params=params, **kwargs):
             p = self.params if params is None else params
-            pairs = neighbor.format is partition.NeighborListFormat.OrderedSparse
-            senders, receivers = neighbor.idx[0], neighbor.idx[1]
-            edge_mask = (senders < n_atoms) & (receivers < n_atoms)
-            senders = jnp.where(edge_mask, senders, 0)
-            receivers = jnp.where(edge_mask, receivers, 0)
-            displacement = jax.vmap(lambda a, b: displacement_fn(a, b, **kwargs))
-            vectors = displacement(positions[receivers], positions[senders])
-            node_mask = jnp.ones((n_atoms,), dtype=bool)
-            e = self.atomic_energies(p, vectors, species, senders, receivers, edge_mask,
-                                     node_mask, pairs)
-            return e if per_atom else jnp.sum(e)
+            if per_atom or model_energy is None:
+                e = self._scaled(graph_energy(positions, neighbor, p, **kwargs), species,
+                                 node_mask)
+                return e if per_atom else jnp.sum(e)
+            shift = jnp.sum(jnp.asarray(self.shifts)[species]) if self.shifts else 0.0
+            return self.scale * model_energy(positions, neighbor, p, **kwargs) + shift
 
         return energy
 
@@ -116,43 +124,32 @@ class Potential:
         return dataclasses.replace(self, **changes)
 
 
-def edge_vectors(positions: Array, senders: Array, receivers: Array,
-                 shifts: Array | None = None) -> Array:
-    """Edge vectors r_receiver - r_sender (+ periodic shift, Cartesian Å)."""
-    vectors = positions[receivers] - positions[senders]
-    if shifts is not None:
-        vectors = vectors + shifts
-    return vectors
+def graph_energy_forces_stress(potential: Potential, params, batch,
+                               compute_stress: bool = False) -> dict:
+    """Predictions on a padded batch (``biojax.data.graphs.GraphBatch``): ``energy`` per
+    graph (G,) eV, ``forces`` (N, 3) eV/Å, ``atomic_energies`` (N,) eV and, with
+    ``compute_stress``, ``stress`` per graph (G, 3, 3) eV/Å³ (else None).
 
-
-def graph_energy_forces_stress(potential: Potential, params, positions, species, senders,
-                               receivers, shifts, edge_mask, node_mask, graph_index,
-                               n_graphs: int, volumes=None, compute_stress: bool = False):
-    """Energies per graph (eV), forces (eV/Å) and optionally stress per graph (eV/Å³).
-
-    Forces are -dE/dpositions; stress is (1/V) dE/dε for a homogeneous strain ε applied
-    to every edge vector (the virial form, valid for periodic cells). All inputs are padded
-    arrays; ``graph_index`` maps each atom to its graph.
+    Forces are −∂E/∂positions; stress is (1/V) ∂E/∂ε for a homogeneous strain ε of every
+    edge vector of a graph (the virial form, valid for periodic cells).
     """
+    n_graphs = batch.graph_mask.shape[0]
 
-    def energy_with_graph_strain(pos, graph_strain):
-        # each edge sees the strain of the graph its sender belongs to
-        edge_strain = graph_strain[graph_index[senders]]
-        vectors = edge_vectors(pos, senders, receivers, shifts)
-        vectors = vectors + jnp.einsum("ei,eij->ej", vectors, edge_strain)
-        e_atoms = potential.atomic_energies(params, vectors, species, senders, receivers,
-                                            edge_mask, node_mask)
-        per_graph = jax.ops.segment_sum(e_atoms, graph_index, num_segments=n_graphs)
-        return jnp.sum(per_graph), per_graph
+    def total_energy(positions, strain):
+        e_atoms = potential.atomic_energies(params, batch_graph(positions, batch, strain))
+        per_graph = jax.ops.segment_sum(e_atoms, batch.graph_index, num_segments=n_graphs)
+        return jnp.sum(per_graph), (per_graph, e_atoms)
 
-    strain = jnp.zeros((n_graphs, 3, 3), dtype=positions.dtype)
-    if not compute_stress:
-        (_, energies), grad_pos = jax.value_and_grad(
-            energy_with_graph_strain, has_aux=True)(positions, strain)
-        return energies, -grad_pos, None
-
-    (_, energies), (grad_pos, grad_strain) = jax.value_and_grad(
-        energy_with_graph_strain, argnums=(0, 1), has_aux=True)(positions, strain)
-    safe_volumes = jnp.where(volumes > 0, volumes, 1.0)
-    stress = grad_strain / safe_volumes[:, None, None]
-    return energies, -grad_pos, stress
+    strain = jnp.zeros((n_graphs, 3, 3), dtype=batch.positions.dtype)
+    argnums = (0, 1) if compute_stress else 0
+    (_, (energies, e_atoms)), grads = jax.value_and_grad(
+        total_energy, argnums=argnums, has_aux=True)(batch.positions, strain)
+    out = {"energy": energies, "atomic_energies": e_atoms, "stress": None}
+    if compute_stress:
+        grad_pos, grad_strain = grads
+        volumes = batch.volume
+        out["stress"] = grad_strain / jnp.where(volumes > 0, volumes, 1.0)[:, None, None]
+    else:
+        grad_pos = grads
+    out["forces"] = -grad_pos
+    return out

@@ -46,6 +46,8 @@ class TrainingConfig:
     energy_weight: float = 1.0  # on (ΔE / N_atoms)², eV²
     forces_weight: float = 10.0  # on |ΔF|² per component, (eV/Å)²
     stress_weight: float = 0.0  # on |Δσ|² per component, (eV/Å³)²
+    # [[training.loss]] tables {name, weight, options}: replace the three weights above
+    loss: tuple[dict, ...] = ()
     patience: int = 30  # epochs without validation improvement before stopping
     max_minutes: float = 0.0  # wall-clock budget for training; 0: none
     seed: int = 0
@@ -61,6 +63,21 @@ class TrainingConfig:
             raise ValueError("loss weights must be ≥ 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
+        default = TrainingConfig.__dataclass_fields__
+        if self.loss and any(getattr(self, k) != default[k].default
+                             for k in ("energy_weight", "forces_weight", "stress_weight")):
+            raise ValueError("give either energy_weight/forces_weight/stress_weight or "
+                             "[[training.loss]] terms, not both")
+
+    def make_loss(self):
+        """The Loss these settings describe (``biojax.train.losses``)."""
+        from biojax.train import losses
+
+        if self.loss:
+            return losses.loss_from_config(self.loss)
+        return losses.combine(losses.energy(self.energy_weight),
+                              losses.forces(self.forces_weight),
+                              losses.stress(self.stress_weight))
 
 
 @dataclasses.dataclass(frozen=True)

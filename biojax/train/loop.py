@@ -30,8 +30,9 @@ from biojax.core.errors import ConfigError, DataError
 from biojax.nn.io import save_potential
 from biojax.nn.models import init_potential
 from biojax.nn.potential import Potential
+from biojax.core.precision import require_x64
 from biojax.train.config import TrainConfig
-from biojax.train.losses import ErrorAccumulator, predict, weighted_loss
+from biojax.train.losses import ErrorAccumulator, Loss, accumulate, predict
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
 METRICS_LOG = "metrics.jsonl"
@@ -57,48 +58,53 @@ def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=cfg.weight_decay))
 
 
-def make_train_step(potential: Potential, tx, cfg) -> Callable:
+def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float) -> Callable:
     """jit(state, batch) -> (state, loss): one optimiser step and an EMA update."""
 
     def loss_fn(params, batch):
-        return weighted_loss(potential, params, batch, cfg.energy_weight, cfg.forces_weight,
-                             cfg.stress_weight)
+        return loss.value(predict(potential, params, batch, loss.needs_stress), batch)
 
     @jax.jit
     def step(state: TrainState, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        value, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # EMA with a short warm-up so early averages are not dominated by the random init
-        decay = jnp.minimum(cfg.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+        decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
         ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p,
                                      state.ema_params, params)
-        return TrainState(params, opt_state, ema, state.step + 1), loss
+        return TrainState(params, opt_state, ema, state.step + 1), value
 
     return step
 
 
-def make_predict_fn(potential: Potential, compute_stress: bool) -> Callable:
-    """jit(params, batch) -> (energies, forces, stress|None)."""
-    return jax.jit(lambda params, batch: predict(potential, params, batch, compute_stress))
+def make_predict_fn(potential: Potential, compute_stress: bool,
+                    loss: Loss | None = None) -> Callable:
+    """jit(params, batch) -> predictions (see ``losses.predict``), with the loss terms'
+    (sum, count) per batch under ``"loss_parts"`` when ``loss`` is given."""
+    def fn(params, batch):
+        pred = predict(potential, params, batch, compute_stress)
+        if loss is not None:
+            pred["loss_parts"] = loss.parts(pred, batch)
+        return pred
+
+    return jax.jit(fn)
 
 
 def evaluate_dataset(dataset: GraphDataset, params, predict_fn: Callable,
-                     batch_size: int) -> dict:
-    """Energy/force(/stress) MAE and RMSE (meV, meV/atom, meV/Å) of ``params`` on a dataset."""
-    acc = ErrorAccumulator()
+                     batch_size: int, loss: Loss | None = None):
+    """Energy/force(/stress) MAE and RMSE (meV, meV/atom, meV/Å) of ``params`` on a
+    dataset; with ``loss`` (and a ``predict_fn`` made with it), ``(metrics, loss value)``
+    where the loss is the training loss over the whole set."""
+    acc, sums = ErrorAccumulator(), {}
     for batch in dataset.batches(batch_size):
-        energy, forces, stress = predict_fn(params, batch)
-        acc.add(batch, energy, forces, stress)
-    return acc.metrics()
-
-
-def validation_loss(metrics: dict, cfg) -> float:
-    """The training loss evaluated from validation RMSEs (eV units) for early stopping."""
-    loss = cfg.energy_weight * (metrics.get("energy_per_atom_rmse", 0.0) / 1000) ** 2
-    loss += cfg.forces_weight * (metrics.get("forces_rmse", 0.0) / 1000) ** 2
-    loss += cfg.stress_weight * (metrics.get("stress_rmse", 0.0) / 1000) ** 2
-    return float(loss)
+        pred = predict_fn(params, batch)
+        acc.add(batch, pred)
+        if loss is not None:
+            accumulate(sums, jax.device_get(pred["loss_parts"]))
+    if loss is None:
+        return acc.metrics()
+    return acc.metrics(), loss.from_sums(sums)
 
 
 def per_species_scale_shift(structures: list[Structure], species_of, reference_energy_of,
@@ -120,9 +126,12 @@ def per_species_scale_shift(structures: list[Structure], species_of, reference_e
 
 
 # ---------------------------------------------------------------- data
-def load_splits(config: TrainConfig, log=print) -> dict[str, list[Structure]]:
-    """Train/validation/test structures as the [data] table asks (files or seeded splits)."""
+def load_splits(config: TrainConfig, log=print, loss: Loss | None = None
+                ) -> dict[str, list[Structure]]:
+    """Train/validation/test structures as the [data] table asks (files or seeded splits);
+    every structure must carry the labels the loss terms weight."""
     d = config.data
+    loss = config.training.make_loss() if loss is None else loss
     if not d.train_file:
         raise ConfigError("[data] train_file is required (or pass --train-file)")
     frames = read_dataset(d.train_file)
@@ -139,12 +148,12 @@ def load_splits(config: TrainConfig, log=print) -> dict[str, list[Structure]]:
         "valid": read_dataset(d.valid_file) if d.valid_file else [frames[i] for i in valid_idx],
         "test": read_dataset(d.test_file) if d.test_file else [frames[i] for i in test_idx],
     }
-    t = config.training
+    weighted = {term.name for term in loss.terms if term.weight > 0}
     for name, structures in splits.items():
         path = {"train": d.train_file, "valid": d.valid_file or d.train_file,
                 "test": d.test_file or d.train_file}[name]
-        require_labels(structures, path, t.energy_weight > 0, t.forces_weight > 0,
-                       t.stress_weight > 0)
+        require_labels(structures, path, "energy" in weighted, "forces" in weighted,
+                       "stress" in weighted, loss.labels)
     if not splits["valid"]:
         raise DataError("the validation set is empty: set [data] n_valid > 0 or valid_file")
     log(f"data: {len(splits['train'])} train, {len(splits['valid'])} validation, "
@@ -203,8 +212,9 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
 
     dtype = np.float64 if t.precision == "float64" else np.float32
     if dtype == np.float64:
-        jax.config.update("jax_enable_x64", True)  # the run's boundary: float64 asked for
-    splits = load_splits(config, log)
+        require_x64("[training] precision = \"float64\"")
+    loss = t.make_loss()
+    splits = load_splits(config, log, loss)
     elements = elements_of(splits["train"])
     isolated = config.data.isolated_atoms or None
     reference = reference_energies_for(splits["train"], elements, isolated)
@@ -213,21 +223,21 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                      reference_energies=tuple(float(e) for e in reference))
     scale, shifts = per_species_scale_shift(splits["train"], base.species_of,
                                             base.reference_energy, len(elements))
-    architecture = {**config.architecture, "atomic_scale": scale, "atomic_shifts": shifts}
+    architecture = dict(config.architecture)
     potential = init_potential(architecture, elements, config.cutoff, reference,
-                               key=jax.random.PRNGKey(t.seed), dtype=dtype)
+                               key=jax.random.PRNGKey(t.seed), dtype=dtype, scale=scale,
+                               shifts=shifts)
     datasets = {name: GraphDataset(s, config.cutoff, potential.species_of,
-                                   potential.reference_energy, dtype)
+                                   potential.reference_energy, dtype, labels=loss.labels)
                 for name, s in splits.items()}
     batch_size = min(t.batch_size, len(datasets["train"]))
     steps_per_epoch = len(datasets["train"]) // batch_size
     tx = make_optimizer(t, steps_per_epoch)
     state = TrainState(potential.params, tx.init(potential.params), potential.params,
                        jnp.zeros((), jnp.int32))
-    train_step = make_train_step(potential, tx, t)
-    compute_stress = t.stress_weight > 0 or any(
-        s.stress is not None for s in splits["valid"])
-    predict_fn = make_predict_fn(potential, compute_stress)
+    train_step = make_train_step(potential, tx, loss, t.ema_decay)
+    compute_stress = loss.needs_stress or any(s.stress is not None for s in splits["valid"])
+    predict_fn = make_predict_fn(potential, compute_stress, loss)
 
     progress = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
                 "seconds": 0.0, "train_seconds": 0.0, "config": config_json}
@@ -240,9 +250,10 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
         _truncate_log(log_path, progress["epoch"])
         log(f"resuming from epoch {progress['epoch']} ({progress['seconds']:.0f} s trained)")
     else:  # record the untrained model's error as epoch 0, the baseline for progress
-        initial = evaluate_dataset(datasets["valid"], state.params, predict_fn, batch_size)
+        initial, initial_loss = evaluate_dataset(datasets["valid"], state.params, predict_fn,
+                                                 batch_size, loss)
         with open(log_path, "w") as f:
-            f.write(json.dumps({"epoch": 0, "valid_loss": validation_loss(initial, t),
+            f.write(json.dumps({"epoch": 0, "valid_loss": initial_loss,
                                 "seconds": 0.0,
                                 **{f"valid_{k}": round(v, 4) for k, v in initial.items()}}) + "\n")
 
@@ -260,15 +271,15 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
         order = np.random.default_rng([t.seed, epoch]).permutation(len(datasets["train"]))
         losses = []
         for batch in datasets["train"].batches(batch_size, order, drop_last=True):
-            state, loss = train_step(state, batch)
-            losses.append(loss)
+            state, batch_loss = train_step(state, batch)
+            losses.append(batch_loss)
         train_loss = float(np.mean(jax.device_get(losses)))
         progress["train_seconds"] += time.perf_counter() - start
         if not np.isfinite(train_loss):
             raise DataError(f"training diverged at epoch {epoch} (loss {train_loss}); "
                             "lower learning_rate or check the data")
-        valid = evaluate_dataset(datasets["valid"], state.ema_params, predict_fn, batch_size)
-        v_loss = validation_loss(valid, t)
+        valid, v_loss = evaluate_dataset(datasets["valid"], state.ema_params, predict_fn,
+                                         batch_size, loss)
         last_epoch_seconds = time.perf_counter() - start
         progress["seconds"] += last_epoch_seconds
         improved = v_loss < progress["best_loss"]
@@ -285,7 +296,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
             f.write(json.dumps(record) + "\n")
         _save_checkpoint(ckpt_path, state, progress, best_params)
         if improved:
-            save_potential(potential.replace(params=best_params, architecture=architecture),
+            save_potential(potential.replace(params=best_params),
                            os.path.join(workdir, "model"))
         n_train = steps_per_epoch * batch_size
         log(f"epoch {epoch:4d}/{t.epochs}  loss {train_loss:.4g}  "
@@ -294,7 +305,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
             f"{n_train / last_epoch_seconds:.0f} conf/s  "
             f"{progress['seconds'] / 60:.1f} min{'  *' if improved else ''}")
 
-    best = potential.replace(params=best_params, architecture=architecture)
+    best = potential.replace(params=best_params)
     if not os.path.isdir(os.path.join(workdir, "model")):
         save_potential(best, os.path.join(workdir, "model"))
     results = {"stop_reason": stop_reason, "epochs_run": progress["epoch"],
@@ -306,7 +317,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                "n_train": len(datasets["train"]), "n_valid": len(datasets["valid"]),
                "n_test": len(datasets["test"]), "architecture": config.architecture["name"],
                "device": jax.devices()[0].device_kind,
-               "valid": evaluate_dataset(datasets["valid"], best_params, predict_fn, batch_size)}
+               "valid": evaluate_dataset(datasets["valid"], best_params, predict_fn,
+                                         batch_size)}
     log(f"stopped ({stop_reason}) after epoch {progress['epoch']}; best epoch "
         f"{progress['best_epoch']}: " + _summary(results["valid"], "validation"))
     if len(datasets["test"]):
