@@ -69,8 +69,9 @@ def case_lj_jaxmd(n_cells: int, steps: int) -> dict:
     """The same system written directly on jax-md (its own LJ, neighbor list, NVE)."""
     import jax
     import jax.numpy as jnp
-    import ase.units as U
     from jax_md import energy, partition, simulate, space
+
+    from biojax.core.units import FS, KB
 
     atoms = lj_atoms(n_cells)
     box = jnp.asarray(atoms.cell.diagonal(), jnp.float32)
@@ -78,11 +79,11 @@ def case_lj_jaxmd(n_cells: int, steps: int) -> dict:
     neighbor_fn, energy_fn = energy.lennard_jones_neighbor_list(
         disp, box, sigma=SIGMA, epsilon=EPS, r_onset=0.8 * CUTOFF / SIGMA,
         r_cutoff=CUTOFF / SIGMA, dr_threshold=0.5, format=partition.Dense)
-    init, apply = simulate.nve(energy_fn, shift, dt=2.0 * U.fs)
+    init, apply = simulate.nve(energy_fn, shift, dt=2.0 * FS)
     R = jnp.asarray(atoms.positions, jnp.float32)
     nbrs = neighbor_fn.allocate(R)
     mass = jnp.asarray(atoms.get_masses(), jnp.float32)
-    state = init(jax.random.PRNGKey(0), R, 120.0 * U.kB, mass=mass, neighbor=nbrs)
+    state = init(jax.random.PRNGKey(0), R, 120.0 * KB, mass=mass, neighbor=nbrs)
 
     @jax.jit
     def run(state, nbrs):
@@ -119,27 +120,29 @@ def case_lj_openmm(n_cells: int, steps: int) -> dict:
     import openmm
     import openmm.unit as u
 
+    from biojax.core.units import KJ_PER_MOL, NM
+
     atoms = lj_atoms(n_cells)
     system = openmm.System()
-    L = atoms.cell.diagonal() / 10.0
+    L = atoms.cell.diagonal() / NM
     system.setDefaultPeriodicBoxVectors(openmm.Vec3(L[0], 0, 0), openmm.Vec3(0, L[1], 0),
                                         openmm.Vec3(0, 0, L[2]))
     nb = openmm.NonbondedForce()
     nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
-    nb.setCutoffDistance(CUTOFF / 10.0)
+    nb.setCutoffDistance(CUTOFF / NM)
     nb.setUseSwitchingFunction(True)
-    nb.setSwitchingDistance(0.8 * CUTOFF / 10.0)
+    nb.setSwitchingDistance(0.8 * CUTOFF / NM)
     nb.setUseDispersionCorrection(False)
-    eps_kj = EPS * 96.48533212
+    eps_kj = EPS / KJ_PER_MOL
     for _ in range(len(atoms)):
         system.addParticle(39.948)
-        nb.addParticle(0.0, SIGMA / 10.0, eps_kj)
+        nb.addParticle(0.0, SIGMA / NM, eps_kj)
     system.addForce(nb)
     integrator = openmm.VerletIntegrator(2.0 * u.femtoseconds)
     threads = os.cpu_count()
     platform_ = openmm.Platform.getPlatformByName("CPU")
     ctx = openmm.Context(system, integrator, platform_, {"Threads": str(threads)})
-    ctx.setPositions(atoms.positions / 10.0)
+    ctx.setPositions(atoms.positions / NM)
     ctx.setVelocitiesToTemperature(120.0)
     t = time.perf_counter()
     integrator.step(10)
@@ -196,16 +199,16 @@ def case_ala2_biojax(replicas: int, steps: int, timestep_fs: float = 0.5,
 
 def case_ala2_ase(steps: int, timestep_fs: float = 0.5, model: str = "painn") -> dict:
     """ASE VelocityVerlet driving the same model through BiojaxCalculator."""
-    import ase.units as U
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
     import numpy as np
     from biojax.calculator import BiojaxCalculator
+    from biojax.core.units import FS
 
     atoms, pot = _ala2_potential(model)
     atoms.calc = BiojaxCalculator(pot)
     MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
-    dyn = VelocityVerlet(atoms, timestep=timestep_fs * U.fs)
+    dyn = VelocityVerlet(atoms, timestep=timestep_fs * FS)
     t = time.perf_counter()
     dyn.run(5)
     first = time.perf_counter() - t

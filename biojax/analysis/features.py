@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biojax.core import geometry
 from biojax.core.errors import AnalysisError
 
 
@@ -27,38 +28,18 @@ def _check_indices(n_atoms: int, idx: np.ndarray, width: int, what: str) -> np.n
     return idx
 
 
-@jax.jit
-def _dihedrals(positions, quads):
-    p = positions[:, quads]  # (T, n, 4, 3)
-    b0 = p[..., 0, :] - p[..., 1, :]
-    b1 = p[..., 2, :] - p[..., 1, :]
-    b2 = p[..., 3, :] - p[..., 2, :]
-    b1 = b1 / jnp.linalg.norm(b1, axis=-1, keepdims=True)
-    v = b0 - jnp.sum(b0 * b1, -1, keepdims=True) * b1
-    w = b2 - jnp.sum(b2 * b1, -1, keepdims=True) * b1
-    x = jnp.sum(v * w, -1)
-    y = jnp.sum(jnp.cross(b1, v) * w, -1)
-    return jnp.arctan2(y, x)
-
-
 def dihedrals(positions, quads) -> jax.Array:
     """Dihedral angles (radians, (n_frames, n_quads)) for atom quadruples (n_quads, 4)."""
     positions = jnp.asarray(positions, jnp.float32)
     quads = _check_indices(positions.shape[1], quads, 4, "dihedrals")
-    return _dihedrals(positions, jnp.asarray(quads))
-
-
-@jax.jit
-def _distances(positions, pairs):
-    d = positions[:, pairs[:, 0]] - positions[:, pairs[:, 1]]
-    return jnp.sqrt(jnp.sum(d * d, -1))
+    return geometry.dihedrals(positions, jnp.asarray(quads))
 
 
 def distances(positions, pairs) -> jax.Array:
     """Interatomic distances (Å, (n_frames, n_pairs)) for index pairs (n_pairs, 2)."""
     positions = jnp.asarray(positions, jnp.float32)
     pairs = _check_indices(positions.shape[1], pairs, 2, "distances")
-    return _distances(positions, jnp.asarray(pairs))
+    return geometry.distances(positions, jnp.asarray(pairs))
 
 
 def all_pairs(indices) -> np.ndarray:
@@ -81,43 +62,19 @@ def contacts(positions, pairs, cutoff: float, smooth: float = 0.0) -> jax.Array:
     return (d < cutoff).astype(jnp.float32)
 
 
-def _kabsch_rotation(p, q):
-    """Rotation R (3, 3) minimising |p R - q| for centred (n, 3) p, q."""
-    h = p.T @ q
-    u, _, vt = jnp.linalg.svd(h)
-    d = jnp.sign(jnp.linalg.det(u @ vt))
-    d = jnp.where(d == 0, 1.0, d)
-    fix = jnp.diag(jnp.array([1.0, 1.0, 1.0], p.dtype).at[2].set(d))
-    return u @ fix @ vt
-
-
-@jax.jit
-def _align(positions, reference, fit_idx):
-    ref = reference - jnp.mean(reference[fit_idx], axis=0)
-
-    def one(x):
-        com = jnp.mean(x[fit_idx], axis=0)
-        xc = x - com
-        r = _kabsch_rotation(xc[fit_idx], ref[fit_idx])
-        return xc @ r
-
-    return jax.vmap(one)(positions), ref
-
-
 def align(positions, reference, fit_indices=None) -> jax.Array:
     """Frames optimally superimposed (Kabsch) on ``reference`` (n_atoms, 3), in Å.
 
     The fit uses ``fit_indices`` (default all atoms); every atom is moved with the fitted
-    rotation and translation, and the result is centred like the reference's fit atoms.
+    rotation and translation, so the fit atoms' centroid lands on the reference's.
     """
     positions = jnp.asarray(positions, jnp.float32)
     reference = jnp.asarray(reference, jnp.float32)
     if reference.shape != positions.shape[1:]:
         raise AnalysisError(f"reference has shape {tuple(reference.shape)} but frames have "
                             f"{tuple(positions.shape[1:])}")
-    fit = np.arange(positions.shape[1]) if fit_indices is None else np.asarray(fit_indices)
-    aligned, _ = _align(positions, reference, jnp.asarray(fit, jnp.int32))
-    return aligned
+    fit = None if fit_indices is None else jnp.asarray(np.asarray(fit_indices), jnp.int32)
+    return geometry.align(positions, reference, fit)
 
 
 def aligned_coordinates(positions, reference, indices) -> jax.Array:
@@ -133,14 +90,12 @@ def rmsd(positions, reference, indices=None) -> jax.Array:
     """Minimal RMSD (Å, (n_frames,)) to ``reference`` after Kabsch alignment of the
     selected atoms (default all)."""
     positions = jnp.asarray(positions, jnp.float32)
-    idx = np.arange(positions.shape[1]) if indices is None else np.asarray(indices)
-    idx = jnp.asarray(idx, jnp.int32)
+    idx = None if indices is None else jnp.asarray(np.asarray(indices), jnp.int32)
     reference = jnp.asarray(reference, jnp.float32)
     if reference.shape != positions.shape[1:]:
         raise AnalysisError(f"reference has shape {tuple(reference.shape)} but frames have "
                             f"{tuple(positions.shape[1:])}")
-    aligned, ref = _align(positions[:, idx], reference[idx], jnp.arange(idx.shape[0]))
-    return jnp.sqrt(jnp.mean(jnp.sum((aligned - ref) ** 2, -1), -1))
+    return geometry.rmsd(positions, reference, idx)
 
 
 def sincos(angles) -> jax.Array:

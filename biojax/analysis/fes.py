@@ -1,8 +1,8 @@
 """Free-energy surfaces F = -kT ln p on one or two features, with block-bootstrap
 errors; free energies of states; KL and Jensen–Shannon divergences between surfaces.
 
-Energies are in eV (ASE units; kT = k_B T with k_B from ``ase.units``). Angles are in
-radians; surfaces on periodic features use the range [-π, π). Bins that were never
+Energies are in eV (ASE units; kT = k_B T with k_B from ``biojax.core.units``). Angles
+are in radians; surfaces on periodic features use the range [-π, π). Bins that were never
 visited have F = +inf and probability 0.
 """
 
@@ -15,17 +15,17 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase import units
 
 from biojax.analysis.msm import bootstrap_weights
 from biojax.core.errors import AnalysisError
+from biojax.core.units import KB
 
 
 def kT(temperature: float) -> float:
     """Thermal energy k_B T in eV for a temperature in K."""
     if not temperature > 0:
         raise AnalysisError(f"temperature must be > 0 K, got {temperature}")
-    return float(units.kB * temperature)
+    return float(KB * temperature)
 
 
 @dataclasses.dataclass(frozen=True)

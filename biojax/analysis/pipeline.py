@@ -17,6 +17,7 @@ from biojax.analysis.config import AnalyzeConfig, FeatureConfig
 from biojax.analysis.trajectory import Trajectory, load_trajectory, read_positions
 from biojax.core.atomic import atomic_path, atomic_write_text
 from biojax.core.errors import AnalysisError, ConfigError
+from biojax.core.units import KJ_PER_MOL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +253,7 @@ def run_analysis(cfg: AnalyzeConfig, out_dir: str | None = None) -> dict:
         fr = fes.state_free_energies(p, fc.temperature)
         for r, f in zip(regions, fr):
             r["free_energy_eV"] = _json_float(f)
-            r["free_energy_kJmol"] = _json_float(f * 96.48533212)
+            r["free_energy_kJmol"] = _json_float(f / KJ_PER_MOL)
 
     # outputs
     os.makedirs(out_dir, exist_ok=True)
@@ -298,7 +299,7 @@ def run_analysis(cfg: AnalyzeConfig, out_dir: str | None = None) -> dict:
             "state": s, "population": float(pops.populations[s]),
             "population_error": float(pops.errors[s]),
             "free_energy_eV": _json_float(f_states[s]),
-            "free_energy_kJmol": _json_float(f_states[s] * 96.48533212),
+            "free_energy_kJmol": _json_float(f_states[s] / KJ_PER_MOL),
             "centre_fes": {c: _json_float(v) for c, v in zip(cols, centres_fes[s])},
             "msm_stationary": (float(msm_out[0].stationary_full()[s])
                                if msm_out else None)} for s in range(n_states)],

@@ -7,8 +7,7 @@ import numpy as np
 
 from biojax.analysis.fes import FES
 from biojax.core.atomic import atomic_path
-
-EV_TO_KJMOL = 96.48533212
+from biojax.core.units import KJ_PER_MOL
 
 
 def _plt():
@@ -30,8 +29,8 @@ def plot_fes(fes: FES, path: str, centers=None, labels=None, unit: str = "",
     """Free-energy surface (kJ/mol) as a filled contour (2-D) or a curve with error band
     (1-D), with optional state centres (m, dims) marked and numbered."""
     plt = _plt()
-    f = fes.free_energy * EV_TO_KJMOL
-    err = fes.error * EV_TO_KJMOL
+    f = fes.free_energy / KJ_PER_MOL
+    err = fes.error / KJ_PER_MOL
     names = list(fes.names) or [f"x{i}" for i in range(len(fes.edges))]
     fig, ax = plt.subplots(figsize=(6, 5))
     if len(fes.edges) == 2:

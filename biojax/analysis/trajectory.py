@@ -17,6 +17,7 @@ import numpy as np
 
 from biojax.data.io import read_frames
 from biojax.core.errors import DataError
+from biojax.core.units import NM
 
 _MDTRAJ_SUFFIXES = (".dcd", ".xtc", ".trr", ".nc", ".h5")
 
@@ -111,7 +112,7 @@ def read_positions(path: str | os.PathLike, topology: str | None = None) -> np.n
         if topology is None:
             raise DataError(f"{path}: reading {os.path.splitext(path)[1]} needs a topology")
         import mdtraj
-        arr = mdtraj.load(path, top=topology).xyz * 10.0  # nm -> Å
+        arr = mdtraj.load(path, top=topology).xyz * NM  # nm -> Å
     else:
         frames = _ase_read(path, index=":")
         if not frames:

@@ -22,16 +22,15 @@ import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from biojax.core.errors import BiojaxError, ConfigError, DataError
+from biojax.core.units import KJ_PER_MOL, NM
 
 REFERENCE_NAMES = ("gfn2-xtb", "emt", "openmm")
 
-#: kJ/mol -> eV
-KJ_PER_MOL = units.kJ / units.mol
 #: OpenMM implicit-solvent names accepted by :class:`OpenMMCalculator`
 IMPLICIT_SOLVENTS = ("none", "HCT", "OBC1", "OBC2", "GBn", "GBn2")
 #: force-field XML that adds each implicit-solvent model to the amber14/charmm36 families
@@ -133,7 +132,7 @@ class OpenMMCalculator(Calculator):
         """The molecule as ASE Atoms (positions in Å from the structure file, no cell)."""
         if self._positions_nm is None:
             raise DataError(f"{self.description}: no coordinates were given")
-        return Atoms(numbers=self._numbers, positions=self._positions_nm * 10.0)
+        return Atoms(numbers=self._numbers, positions=self._positions_nm * NM)
 
     # ---- ASE interface
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -150,13 +149,13 @@ class OpenMMCalculator(Calculator):
         if atoms.pbc.any():
             raise DataError(f"{self.description}: periodic structures are not supported "
                             "(the OpenMM reference is built without a box)")
-        self._context.setPositions(atoms.positions * 0.1)  # Å -> nm
+        self._context.setPositions(atoms.positions / NM)  # Å -> nm
         state = self._context.getState(getEnergy=True, getForces=True)
         e = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         f = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
         self.results["energy"] = float(e) * KJ_PER_MOL
         self.results["free_energy"] = self.results["energy"]
-        self.results["forces"] = np.asarray(f, dtype=float) * KJ_PER_MOL / 10.0
+        self.results["forces"] = np.asarray(f, dtype=float) * (KJ_PER_MOL / NM)
 
 
 def _implicit(name: str, where: str):

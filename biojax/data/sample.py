@@ -38,13 +38,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jax
 import numpy as np
 from ase import Atoms
 
+from biojax.core import geometry
 from biojax.core.atomic import atomic_path
 from biojax.core.config import from_dict, load, to_dict
-from biojax.data.reference import (IMPLICIT_SOLVENTS, KJ_PER_MOL, Progress, _build_pdb,
-                                   _build_prmtop, label, make_calculator)
+from biojax.core.units import KJ_PER_MOL
+from biojax.data.reference import (IMPLICIT_SOLVENTS, Progress, _build_pdb, _build_prmtop,
+                                   label, make_calculator)
 from biojax.core.errors import ConfigError, DataError, SimulationError
 
 RECIPE_KINDS = ("openmm-md", "rattle-strain")
@@ -212,14 +215,12 @@ def _check_crystal(c: RattleStrainConfig, where: str) -> None:
 
 def dihedral_degrees(positions: np.ndarray, idx) -> float:
     """Dihedral angle (degrees, in [-180, 180)) of atoms ``idx`` (4 indices)."""
-    p0, p1, p2, p3 = (np.asarray(positions[i], dtype=float) for i in idx)
-    b0, b1, b2 = p0 - p1, p2 - p1, p3 - p2
-    b1 = b1 / np.linalg.norm(b1)
-    v = b0 - np.dot(b0, b1) * b1
-    w = b2 - np.dot(b2, b1) * b1
-    x = np.dot(v, w)
-    y = np.dot(np.cross(b1, v), w)
-    angle = float(np.degrees(np.arctan2(y, x)))
+    # a label written to the dataset: computed in float64 (scoped to this call), so it
+    # agrees with ASE's get_dihedral to 1e-6 degrees
+    with jax.enable_x64(True):
+        rad = geometry.dihedrals(np.asarray(positions, dtype=np.float64),
+                                 np.asarray([idx], dtype=np.int64))
+        angle = float(np.degrees(float(rad[0])))
     return ((angle + 180.0) % 360.0) - 180.0
 
 
