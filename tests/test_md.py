@@ -383,14 +383,14 @@ def test_neighbor_overflow_is_rerun_not_lost(tmp_path, size):
     base = dict(ensemble="nve", timestep_fs=2.0, temperature_K=120.0, steps=200,
                 chunk_steps=100, observe_every=10, frame_every=50)
     tight = Simulation(argon(size), lj(), default_config(capacity_multiplier=1.0, **base))
-    start_capacity = tight.initial_state()[1].idx.shape[-1]
+    start_capacity = tight.initial_state().nbrs.idx.shape[-1]
     s_small = tight.run(str(tmp_path / "small"))
     s_big = Simulation(argon(size), lj(), default_config(capacity_multiplier=1.6, **base)
                        ).run(str(tmp_path / "big"))
     assert s_small["overflows"] >= 1 and s_big["overflows"] == 0
     assert s_small["neighbor_capacity"] > start_capacity
     forced = Simulation(argon(size), lj(), default_config(initial_capacity=8, **base))
-    assert forced.initial_state()[1].idx.shape[-1] > 8 and forced.overflows >= 1
+    assert forced.initial_state().nbrs.idx.shape[-1] > 8 and forced.overflows >= 1
     a = read_csv(tmp_path / "small" / "observables.csv")
     b = read_csv(tmp_path / "big" / "observables.csv")
     np.testing.assert_array_equal(a["step"], b["step"])

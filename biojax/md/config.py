@@ -14,8 +14,6 @@ import ase.units
 from biojax.core.config import from_dict, load
 from biojax.core.errors import ConfigError
 
-Ensemble = Literal["nve", "nvt-langevin", "nvt-nose-hoover", "npt"]
-ENSEMBLES = ("nve", "nvt-langevin", "nvt-nose-hoover", "npt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +39,7 @@ class SimulateConfig:
     model: str | None = dataclasses.field(      # directory written by ``biojax train``
         default=None, metadata={"path": True})
     classical: ClassicalConfig | None = None
-    ensemble: Ensemble = "nvt-langevin"
+    ensemble: str = "nvt-langevin"      # integrator: a registered name or "module:factory"
     timestep_fs: float = 0.5
     temperature_K: float = 300.0
     pressure_bar: float = 1.0
@@ -70,6 +68,11 @@ class SimulateConfig:
     initial_capacity: int | None = None  # force a (small) neighbor capacity, for tests
     blowup_temperature_factor: float = 5.0   # stop when T > factor · max(target, T0)
     min_distance: float = 0.5           # Å; closer atoms are "overlapping"
+    # neighbor-list format: "auto" takes the model's preference (Dense for pair
+    # potentials), else "ordered-sparse" (each pair once)
+    neighbor_format: Literal["auto", "dense", "sparse", "ordered-sparse"] = "auto"
+    energy_terms: tuple[dict, ...] = ()  # [[energy_terms]] {name, options}: restraints, biases
+    observables: tuple[dict, ...] = ()   # [[observables]] {name, label?, options}
     max_timestep_fs: float = 20.0
     out: str = dataclasses.field(default="md_run", metadata={"path": True})  # output folder
 

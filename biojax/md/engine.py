@@ -6,8 +6,11 @@ limit marks the first bad step). Every ``observe_every`` steps the observables a
 every frame the positions (and optionally velocities/forces/box). The caller checks the
 neighbor list's overflow flag after the chunk and reruns the chunk with more capacity.
 
-For R replicas the same chunk function is ``vmap``-ed over the state and neighbor list,
-in blocks of replicas (``map_replicas``).
+Every state carries a leading replica axis, also for one replica: the same chunk
+function is mapped over it by ``map_replicas`` (``vmap`` in blocks of replicas; for R = 1
+the axis is dropped inside ``jit`` and restored, which compiles to the unbatched program).
+The time step and temperature are inputs of the chunk (one value per replica), not
+constants compiled into it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import ase.units
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_md import partition, quantity
 
+from biojax.core.units import BAR, KB
 from biojax.md.cells import dense_cell_neighbor_list
 from biojax.md.integrators import Integrator, kinetic_energy
 from biojax.md.system import SystemSpace
+from biojax.md.terms import observe_extra, update_term_states
 
 
 NEIGHBOR_FORMATS = {"dense": partition.NeighborListFormat.Dense,
@@ -54,7 +58,7 @@ def capacity_of(nbrs) -> int:
 
 def allocate(neighbor_fn, positions: Sequence[np.ndarray], min_capacity: int = 0,
              exact_capacity: int | None = None, box_kwargs: Sequence[dict] | None = None):
-    """A neighbor list (batched if len(positions) > 1) holding every replica.
+    """A neighbor list with a leading replica axis, holding every replica.
 
     The capacity is at least what each replica needs (× the multiplier) and at least
     ``min_capacity``; ``exact_capacity`` forces it (used to test overflow and to resume).
@@ -68,8 +72,6 @@ def allocate(neighbor_fn, positions: Sequence[np.ndarray], min_capacity: int = 0
     if target != base[k]:
         template = neighbor_fn.allocate(jnp.asarray(positions[k]),
                                         extra_capacity=target - base[k], **box_kwargs[k])
-    if len(positions) == 1:
-        return template
     R = jnp.stack([jnp.asarray(r) for r in positions])
     if "box" in box_kwargs[0]:
         boxes = jnp.stack([jnp.asarray(kw["box"]) for kw in box_kwargs])
@@ -101,7 +103,14 @@ def map_replicas(fn: Callable, replicas: int, block: int) -> Callable:
     """``fn`` over a leading replica axis: ``vmap`` over blocks of ``block`` replicas, the
     blocks run one after another (``lax.map``). When ``block`` does not divide
     ``replicas`` the last block is padded with copies of the first replicas, whose results
-    are dropped (replicas are independent, so the copies change nothing)."""
+    are dropped (replicas are independent, so the copies change nothing). One replica is
+    run unbatched: its axis is removed on the way in and put back on the way out."""
+    if replicas == 1:
+        def single(*args):
+            out = fn(*jax.tree_util.tree_map(lambda x: x[0], args))
+            return jax.tree_util.tree_map(lambda x: jnp.expand_dims(x, 0), out)
+
+        return single
     batched = jax.vmap(fn)
     if block >= replicas:
         return batched
@@ -121,54 +130,67 @@ def map_replicas(fn: Callable, replicas: int, block: int) -> Callable:
     return blocked
 
 
-def make_observe(integ: Integrator, energy_fn: Callable, sys_space: SystemSpace) -> Callable:
-    """observe(state, nbrs) -> dict of scalars (eV, K, bar, Å³)."""
-    kB = ase.units.kB
+def make_observe(integ: Integrator, potential_fn: Callable, terms: Sequence,
+                 extra_observables: dict, sys_space: SystemSpace) -> Callable:
+    """observe(state, term_states, nbrs, kT) -> dict of scalars (eV, K, bar, Å³) and the
+    extra observables. ``potential_energy`` is the Potential's alone; ``terms_energy``
+    (present when energy terms are) is the sum of the extra terms."""
 
-    def observe(state, nbrs):
+    def observe(state, term_states, nbrs, kT):
         box = integ.box(state)
         kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
-        pe = energy_fn(state.position, **kw)
+        pe = potential_fn(state.position, **kw)
         ke = kinetic_energy(state.momentum, state.mass)
-        out = {"potential_energy": pe, "kinetic_energy": ke, "total_energy": pe + ke,
-               "temperature": 2.0 * ke / (integ.dof * kB),
-               "conserved": integ.conserved(state, **kw)}
+        out = {"potential_energy": pe, "kinetic_energy": ke}
+        te = 0.0
+        if terms:
+            te = sum(t.energy(state.position, s, **kw) for t, s in zip(terms, term_states))
+            out["terms_energy"] = te
+        out["total_energy"] = pe + te + ke
+        out["temperature"] = 2.0 * ke / (integ.dof * KB)
+        out["conserved"] = (pe + te + ke if integ.conserved is None else
+                            integ.conserved(state, kT, term_states=term_states, **kw))
         if sys_space.periodic:
             b = sys_space.box if box is None else box
-            p = quantity.pressure(energy_fn, state.position, b, ke, neighbor=nbrs)
-            out["pressure_bar"] = p / ase.units.bar
+            p = quantity.pressure(potential_fn, state.position, b, ke, neighbor=nbrs)
+            out["pressure_bar"] = p / BAR
             out["volume"] = quantity.volume(3, b)
+        out.update(observe_extra(extra_observables, state, **kw))
         return out
 
     return observe
 
 
-def make_chunk(integ: Integrator, observe: Callable, n_frames: int, records_per_frame: int,
-               observe_every: int, ke_limit: float, with_velocities: bool,
-               with_forces: bool) -> Callable:
-    """chunk(state, nbrs) -> (state, nbrs, first_bad, observables, frames).
+def make_chunk(integ: Integrator, observe: Callable, terms: Sequence, n_frames: int,
+               records_per_frame: int, observe_every: int, ke_limit: float,
+               with_velocities: bool, with_forces: bool) -> Callable:
+    """chunk(state, term_states, nbrs, dt, kT) -> (state, term_states, nbrs, first_bad,
+    observables, frames) for one replica (dt in ASE time, kT in eV).
 
     ``first_bad`` is the 1-based step within the chunk at which the kinetic energy first
     became non-finite or exceeded ``ke_limit`` (eV), or -1.
     """
 
-    def update(state, nbrs):
-        box = integ.box(state)
-        return nbrs.update(state.position) if box is None else \
-            nbrs.update(state.position, box=box)
-
     def one_step(_, carry):
-        state, nbrs, bad, n = carry
-        state = integ.step(state, neighbor=nbrs)
-        nbrs = update(state, nbrs)
+        state, term_states, nbrs, bad, n, dt, kT = carry
+        box = integ.box(state)
+        kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+        state = integ.step(state, dt, kT, term_states=term_states, **kw)
+        box = integ.box(state)
+        nbrs = nbrs.update(state.position) if box is None else \
+            nbrs.update(state.position, box=box)
+        if terms:
+            kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+            term_states = update_term_states(terms, term_states, state.position, **kw)
         ke = kinetic_energy(state.momentum, state.mass)
         is_bad = jnp.logical_not(jnp.isfinite(ke)) | (ke > ke_limit)
         bad = jnp.where((bad < 0) & is_bad, n + 1, bad)
-        return state, nbrs, bad, n + 1
+        return state, term_states, nbrs, bad, n + 1, dt, kT
 
     def record(carry, _):
         carry = jax.lax.fori_loop(0, observe_every, one_step, carry)
-        return carry, observe(carry[0], carry[1])
+        state, term_states, nbrs, *_, kT = carry
+        return carry, observe(state, term_states, nbrs, kT)
 
     def frame(carry, _):
         carry, obs = jax.lax.scan(record, carry, None, length=records_per_frame)
@@ -183,10 +205,10 @@ def make_chunk(integ: Integrator, observe: Callable, n_frames: int, records_per_
             fr["box"] = box
         return carry, (obs, fr)
 
-    def chunk(state, nbrs):
-        carry = (state, nbrs, jnp.int32(-1), jnp.int32(0))
+    def chunk(state, term_states, nbrs, dt, kT):
+        carry = (state, term_states, nbrs, jnp.int32(-1), jnp.int32(0), dt, kT)
         carry, (obs, frames) = jax.lax.scan(frame, carry, None, length=n_frames)
         obs = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), obs)
-        return carry[0], carry[1], carry[2], obs, frames
+        return carry[0], carry[1], carry[2], carry[3], obs, frames
 
     return chunk

@@ -1,15 +1,30 @@
-"""Integrators as ``(init, step, conserved)`` triples over jax-md state pytrees.
+"""Integrators: registry entries that build jax-md style ``(init_fn, step_fn)`` pairs.
 
 All quantities are in ASE units (eV, Å, amu, time Å·√(amu/eV)); ``Units`` converts the
-user's fs/K/bar once. ``energy_fn(R, neighbor=..., **kw)`` is a Potential's jax-md energy.
+user's fs/K/bar once. ``energy_fn(R, neighbor=..., **kw)`` is the total energy the
+simulation integrates (the Potential plus any extra energy terms).
+
+An integrator factory is called as ``factory(energy_fn, shift_fn, units=..., n_atoms=...,
+chain_length=...)`` and returns an :class:`Integrator` or a plain ``(init_fn, step_fn)``
+pair. The time step and temperature are passed at every step, so ramps, annealing and
+replica exchange need no rebuilt integrator:
+
+    init_fn(key, R, mass, kT, momenta=None, **kw) -> state
+    step_fn(state, dt, kT, **kw) -> state
+
+``state`` needs ``position``, ``momentum``, ``force`` and ``mass`` fields (jax-md states
+have them). Built in, by config name (``ensemble = ...``):
 
 - ``nve``: velocity Verlet (jax-md ``simulate.nve``); conserved = E_pot + E_kin.
-- ``nvt-langevin``: BAOAB Langevin (our own, built on jax-md's half steps) that also
+- ``nvt-langevin``: BAOAB Langevin (our own, on jax-md's half steps) that also
   accumulates the heat the thermostat adds, so E_pot + E_kin − heat is conserved up to
   discretisation error — the "effective energy" used to monitor Langevin runs.
 - ``nvt-nose-hoover``: jax-md ``nvt_nose_hoover`` with its chain invariant.
 - ``npt``: jax-md ``npt_nose_hoover`` (Martyna–Tuckerman–Tobias–Klein; isotropic box) with
   its invariant; positions are fractional and the box lives in the state.
+
+A user integrator is any such factory, named by import path (``ensemble =
+"mymodule:my_integrator"``) or passed to ``Simulation(..., integrator=factory)``.
 """
 
 from __future__ import annotations
@@ -22,6 +37,8 @@ import jax.numpy as jnp
 from jax_md import dataclasses as md_dataclasses
 from jax_md import quantity, simulate
 
+from biojax.core.errors import ConfigError
+from biojax.core.registry import integrators
 from biojax.md.config import Units
 
 
@@ -41,21 +58,25 @@ class LangevinState:
         return self.momentum / self.mass
 
 
+def _no_box(state):
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Integrator:
-    """Pure functions of one ensemble.
+    """Pure functions of one integrator.
 
-    init(key, R, mass, momenta=None, **kw) -> state; step(state, **kw) -> state;
-    conserved(state, **kw) -> eV; box(state) -> box or None; dof: degrees of freedom
-    used for the temperature.
+    init(key, R, mass, kT, momenta=None, **kw) -> state; step(state, dt, kT, **kw) ->
+    state; conserved(state, kT, **kw) -> eV, or None for E_pot + E_kin; box(state) -> box
+    or None; dof: degrees of freedom used for the temperature.
     """
 
-    ensemble: str
+    name: str
     init: Callable
     step: Callable
-    conserved: Callable
-    box: Callable
-    dof: int
+    conserved: Callable | None = None
+    box: Callable = _no_box
+    dof: int = 0
 
 
 def kinetic_energy(momentum, mass):
@@ -73,88 +94,122 @@ def maxwell_boltzmann(key, mass, kT, shape, dtype, remove_com: bool):
     return _center(p, mass) if remove_com and shape[0] > 1 else p
 
 
-def _langevin(energy_fn, shift_fn, u: Units):
-    force_fn = quantity.force(energy_fn)
-    c1 = float(jnp.exp(-u.gamma * u.dt))
-    c2 = float(jnp.sqrt(1.0 - c1 * c1))
+def build_integrator(factory, energy_fn: Callable, shift_fn: Callable, units: Units,
+                     n_atoms: int, chain_length: int = 3, name: str = "custom") -> Integrator:
+    """Call an integrator factory and normalise what it returns into an Integrator
+    (an ``(init_fn, step_fn)`` pair gets E_pot + E_kin as its conserved quantity and
+    3N degrees of freedom)."""
+    built = factory(energy_fn, shift_fn, units=units, n_atoms=n_atoms,
+                    chain_length=chain_length)
+    if isinstance(built, Integrator):
+        return built
+    try:
+        init, step = built
+    except (TypeError, ValueError):
+        raise ConfigError(f"integrator {name!r}: the factory must return an Integrator or "
+                          f"an (init_fn, step_fn) pair, got {type(built).__name__}") from None
+    return Integrator(name, init, step, None, _no_box, 3 * n_atoms)
 
-    def init(key, R, mass, momenta=None, **kw):
+
+def _dof(n_atoms: int, remove_com: bool) -> int:
+    return 3 * n_atoms - 3 if remove_com and n_atoms > 1 else 3 * n_atoms
+
+
+# ---------------------------------------------------------------------- built-ins
+@integrators.register("nve")
+def nve(energy_fn, shift_fn, units: Units, n_atoms: int, **unused) -> Integrator:
+    """Velocity Verlet (jax-md); momenta drawn with zero total momentum."""
+    init0, step0 = simulate.nve(energy_fn, shift_fn, dt=units.dt)
+
+    def init(key, R, mass, kT, momenta=None, **kw):
+        if momenta is None:
+            momenta = maxwell_boltzmann(key, mass, kT, R.shape, R.dtype, True)
+        return init0(key, R, 0.0, mass=mass, momenta=momenta, **kw)
+
+    def step(state, dt, kT, **kw):
+        return step0(state, dt=dt, **kw)
+
+    return Integrator("nve", init, step, None, _no_box, _dof(n_atoms, True))
+
+
+@integrators.register("nvt-langevin")
+def langevin(energy_fn, shift_fn, units: Units, n_atoms: int, **unused) -> Integrator:
+    """BAOAB Langevin with friction ``units.gamma``; tracks the thermostat's heat."""
+    force_fn = quantity.force(energy_fn)
+    gamma = units.gamma
+
+    def init(key, R, mass, kT, momenta=None, **kw):
         key, split = jax.random.split(key)
         if momenta is None:
-            momenta = maxwell_boltzmann(split, mass, u.kT, R.shape, R.dtype, False)
+            momenta = maxwell_boltzmann(split, mass, kT, R.shape, R.dtype, False)
         return LangevinState(R, momenta, force_fn(R, **kw), mass, key,
                              jnp.zeros((), R.dtype))
 
-    def step(state, **kw):
-        half = 0.5 * u.dt
+    def step(state, dt, kT, **kw):
+        c1 = jnp.exp(-gamma * dt)
+        c2 = jnp.sqrt(1.0 - c1 * c1)
+        half = 0.5 * dt
         p = state.momentum + half * state.force                               # B
         R = shift_fn(state.position, half * p / state.mass, **kw)              # A
         key, split = jax.random.split(state.rng)
         noise = jax.random.normal(split, p.shape, p.dtype)
-        p_new = c1 * p + c2 * jnp.sqrt(state.mass * u.kT) * noise               # O
+        p_new = c1 * p + c2 * jnp.sqrt(state.mass * kT) * noise                 # O
         heat = state.heat + kinetic_energy(p_new, state.mass) - kinetic_energy(p, state.mass)
         R = shift_fn(R, half * p_new / state.mass, **kw)                       # A
         F = force_fn(R, **kw)
         p_new = p_new + half * F                                               # B
         return LangevinState(R, p_new, F, state.mass, key, heat)
 
-    def conserved(state, **kw):
+    def conserved(state, kT, **kw):
         return (energy_fn(state.position, **kw)
                 + kinetic_energy(state.momentum, state.mass) - state.heat)
 
-    return init, step, conserved
+    return Integrator("nvt-langevin", init, step, conserved, _no_box, 3 * n_atoms)
 
 
-def make_integrator(ensemble: str, energy_fn: Callable, shift_fn: Callable, u: Units,
-                    n_atoms: int, chain_length: int = 3) -> Integrator:
-    """The Integrator for ``ensemble`` with parameters in ASE units ``u``."""
-    no_box = lambda state: None  # noqa: E731
-    if ensemble == "nve":
-        init0, step = simulate.nve(energy_fn, shift_fn, dt=u.dt)
+@integrators.register("nvt-nose-hoover")
+def nose_hoover(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: int = 3,
+                **unused) -> Integrator:
+    """Nosé–Hoover chain (jax-md), rebuilt for the time step given at each step."""
+    def build(dt):
+        return simulate.nvt_nose_hoover(energy_fn, shift_fn, dt, units.kT,
+                                        chain_length=chain_length, tau=units.tau_thermostat)
 
-        def init(key, R, mass, momenta=None, **kw):
-            if momenta is None:
-                momenta = maxwell_boltzmann(key, mass, u.kT, R.shape, R.dtype, True)
-            return init0(key, R, 0.0, mass=mass, momenta=momenta, **kw)
+    def init(key, R, mass, kT, momenta=None, **kw):
+        if momenta is None:
+            momenta = maxwell_boltzmann(key, mass, kT, R.shape, R.dtype, True)
+        return build(units.dt)[0](key, R, mass=mass, momenta=momenta, kT=kT, **kw)
 
-        conserved = lambda s, **kw: (energy_fn(s.position, **kw)  # noqa: E731
-                                     + kinetic_energy(s.momentum, s.mass))
-        return Integrator(ensemble, init, step, conserved, no_box,
-                          3 * n_atoms - 3 if n_atoms > 1 else 3)
-    if ensemble == "nvt-langevin":
-        init, step, conserved = _langevin(energy_fn, shift_fn, u)
-        return Integrator(ensemble, init, step, conserved, no_box, 3 * n_atoms)
-    if ensemble == "nvt-nose-hoover":
-        init0, step = simulate.nvt_nose_hoover(energy_fn, shift_fn, u.dt, u.kT,
-                                               chain_length=chain_length,
-                                               tau=u.tau_thermostat)
+    def step(state, dt, kT, **kw):
+        return build(dt)[1](state, kT=kT, **kw)
 
-        def init(key, R, mass, momenta=None, **kw):
-            if momenta is None:
-                momenta = maxwell_boltzmann(key, mass, u.kT, R.shape, R.dtype, True)
-            return init0(key, R, mass=mass, momenta=momenta, **kw)
+    def conserved(state, kT, **kw):
+        return simulate.nvt_nose_hoover_invariant(energy_fn, state, kT, **kw)
 
-        conserved = lambda s, **kw: simulate.nvt_nose_hoover_invariant(  # noqa: E731
-            energy_fn, s, u.kT, **kw)
-        return Integrator(ensemble, init, step, conserved, no_box, 3 * n_atoms)
-    if ensemble == "npt":
-        init0, step0 = simulate.npt_nose_hoover(
-            energy_fn, shift_fn, u.dt, u.pressure, u.kT,
-            barostat_kwargs={"tau": u.tau_barostat, "chain_length": chain_length},
-            thermostat_kwargs={"tau": u.tau_thermostat, "chain_length": chain_length})
+    return Integrator("nvt-nose-hoover", init, step, conserved, _no_box, 3 * n_atoms)
 
-        def init(key, R, mass, momenta=None, box=None, **kw):
-            if momenta is None:
-                momenta = maxwell_boltzmann(key, mass, u.kT, R.shape, R.dtype, True)
-            return init0(key, R, box, mass=mass, momenta=momenta, **kw)
 
-        def step(state, **kw):
-            kw.pop("box", None)
-            return step0(state, **kw)
+@integrators.register("npt")
+def npt(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: int = 3,
+        **unused) -> Integrator:
+    """MTK Nosé–Hoover NPT (jax-md, isotropic box), rebuilt for the step's time step."""
+    def build(dt):
+        return simulate.npt_nose_hoover(
+            energy_fn, shift_fn, dt, units.pressure, units.kT,
+            barostat_kwargs={"tau": units.tau_barostat, "chain_length": chain_length},
+            thermostat_kwargs={"tau": units.tau_thermostat, "chain_length": chain_length})
 
-        def conserved(s, **kw):
-            kw.pop("box", None)
-            return simulate.npt_nose_hoover_invariant(energy_fn, s, u.pressure, u.kT, **kw)
+    def init(key, R, mass, kT, momenta=None, box=None, **kw):
+        if momenta is None:
+            momenta = maxwell_boltzmann(key, mass, kT, R.shape, R.dtype, True)
+        return build(units.dt)[0](key, R, box, mass=mass, momenta=momenta, kT=kT, **kw)
 
-        return Integrator(ensemble, init, step, conserved, simulate.npt_box, 3 * n_atoms)
-    raise ValueError(f"unknown ensemble {ensemble!r}")
+    def step(state, dt, kT, **kw):
+        kw.pop("box", None)
+        return build(dt)[1](state, kT=kT, **kw)
+
+    def conserved(state, kT, **kw):
+        kw.pop("box", None)
+        return simulate.npt_nose_hoover_invariant(energy_fn, state, units.pressure, kT, **kw)
+
+    return Integrator("npt", init, step, conserved, simulate.npt_box, 3 * n_atoms)

@@ -1,10 +1,10 @@
-"""Run-directory files: trajectories, observables, checkpoints — written so no work is lost.
+"""Run-directory files: trajectories and observables, written so no work is lost.
 
 Trajectory frames and observables are appended and flushed (and fsync-ed) after every
-chunk; the checkpoint that follows records each file's size (extxyz, CSV, JSONL) or frame
-count (.traj). Resuming truncates every file back to what the checkpoint saw, so a run
-killed between a flush and a checkpoint neither loses nor duplicates frames. Checkpoints
-are written to a temporary file and renamed (``os.replace``) so one always exists whole.
+chunk; the checkpoint that follows (``biojax.md.checkpoint``) records each file's size
+(extxyz, CSV, JSONL) or frame count (.traj). Resuming truncates every file back to what the
+checkpoint saw, so a run killed between a flush and a checkpoint neither loses nor
+duplicates frames.
 """
 
 from __future__ import annotations
@@ -17,11 +17,18 @@ import ase.io
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from biojax.core.atomic import atomic_path, atomic_write_bytes
+from biojax.core.atomic import atomic_path
 from biojax.core.errors import SimulationError
 
-OBS_COLUMNS = ("step", "time_fs", "potential_energy", "kinetic_energy", "total_energy",
-               "temperature", "conserved", "pressure_bar", "volume")
+BASE_COLUMNS = ("step", "time_fs", "potential_energy", "kinetic_energy", "total_energy",
+                "temperature", "conserved")
+
+
+def observable_columns(sample: dict) -> list[str]:
+    """CSV columns for observable rows like ``sample`` (one host row, vectors flattened):
+    the standard ones first, then the rest in their order."""
+    rest = [k for k in sample if k not in BASE_COLUMNS]
+    return list(BASE_COLUMNS) + rest
 
 
 def replica_dir(out: str, replica: int, n_replicas: int) -> str:
@@ -135,28 +142,3 @@ def make_frame(numbers, positions, cell, pbc, step: int, time_fs: float, energy=
     if energy is not None or forces is not None:
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
     return atoms
-
-
-# ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str, leaves: list[np.ndarray], meta: dict) -> None:
-    """Write the state leaves and metadata (JSON) atomically to ``path`` (.npz)."""
-    import io
-
-    buf = io.BytesIO()
-    arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str) -> tuple[list[np.ndarray], dict]:
-    """Read a checkpoint written by ``save_checkpoint``."""
-    if not os.path.isfile(path):
-        raise SimulationError(f"cannot resume: no checkpoint at {path}")
-    try:
-        with np.load(path) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            leaves = [z[f"leaf_{i:04d}"] for i in range(meta["n_leaves"])]
-    except (OSError, ValueError, KeyError) as exc:
-        raise SimulationError(f"cannot resume: checkpoint {path} unreadable: {exc}") from None
-    return leaves, meta

@@ -1,9 +1,14 @@
 """A simulation run: build from Atoms + Potential + SimulateConfig, run in jitted chunks.
 
-The host loop per chunk: run the compiled chunk → if the neighbor list overflowed,
-reallocate with more capacity and rerun the chunk from its starting state → check for a
-blow-up → write observables and frames (flushed) → write the checkpoint (atomic). A run
-killed at any point resumes from the last checkpoint with no lost or duplicated frames.
+One code path for any number of replicas: every state has a leading replica axis (R = 1
+for a single trajectory) and every jitted function is mapped over it by
+``engine.map_replicas``. The host loop per chunk: run the compiled chunk → if the
+neighbor list overflowed, reallocate with more capacity and rerun the chunk from its
+starting state → check for a blow-up → write observables and frames (flushed) → write the
+checkpoint (atomic). A run killed at any point resumes from the last checkpoint with no
+lost or duplicated frames. The host-side state is one explicit
+:class:`~biojax.md.checkpoint.RunState`; files live in ``output``, checkpoints in
+``checkpoint``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ase
 import jax
@@ -22,23 +27,19 @@ import numpy as np
 from jax_md import minimize
 
 from biojax.core.atomic import atomic_write_bytes
-from biojax.core.config import to_dict
 from biojax.core.errors import ConfigError, SimulationError
-from biojax.md import engine, output
+from biojax.core.registry import integrators, resolve
+from biojax.core.units import KB
+from biojax.md import checkpoint, engine, output
+from biojax.md.checkpoint import RunState
 from biojax.md.config import SimulateConfig, Units
-from biojax.md.integrators import make_integrator
+from biojax.md.integrators import build_integrator
 from biojax.md.system import (cell_of, check_atoms, make_space, neighbor_box,
                               repartitioned_masses, to_cartesian, to_internal)
+from biojax.md.terms import (System, as_energy_term, energy_terms_from_config,
+                             flatten_row, init_term_states, observables_from_config,
+                             total_energy_fn)
 from biojax.nn.potential import Potential
-
-_RESUME_KEYS = ("ensemble", "timestep_fs", "temperature_K", "pressure_bar", "replicas",
-                "seed", "chunk_steps", "observe_every", "frame_every", "trajectory_format",
-                "observables_format", "friction_per_ps", "thermostat_tau_fs",
-                "barostat_tau_fs", "chain_length", "hydrogen_mass")
-
-
-def _stack(trees):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -55,10 +56,18 @@ class Simulation:
       potential: any biojax Potential (trained model or classical).
       config: SimulateConfig (time step fs, temperature K, pressure bar, ...).
       progress: print steps/s, ns/day and ETA to stderr after every chunk.
+      integrator: an integrator factory (see ``biojax.md.integrators``) used instead of
+        the one ``config.ensemble`` names.
+      energy_terms: extra energy terms (``biojax.md.terms``) added to the potential inside
+        the jitted step, besides those in ``config.energy_terms``.
+      observables: extra observables ``{name: fn(state, **kw)}`` recorded per replica,
+        besides those in ``config.observables``.
     """
 
     def __init__(self, atoms: ase.Atoms | Sequence[ase.Atoms], potential: Potential,
-                 config: SimulateConfig, progress: bool = False):
+                 config: SimulateConfig, progress: bool = False,
+                 integrator: Callable | None = None, energy_terms: Sequence = (),
+                 observables: dict[str, Callable] | None = None):
         frames = [atoms] if isinstance(atoms, ase.Atoms) else list(atoms)
         if not frames:
             raise SimulationError("no starting structure given")
@@ -82,70 +91,78 @@ class Simulation:
                                           "fixed-volume replicas must share one box")
         self.numbers, self.pbc = numbers, frames[0].pbc.copy()
         self.n_atoms = len(numbers)
-        self.mass = jnp.asarray(repartitioned_masses(frames[0], config.hydrogen_mass),
-                                jnp.float32)[:, None]
-        self.energy_fn = potential.energy_fn(self.space.displacement_fn, numbers)
+        masses = repartitioned_masses(frames[0], config.hydrogen_mass)
+        self.mass = jnp.asarray(masses, jnp.float32)[:, None]
+        system = System(numbers, masses, self.space.displacement_fn, self.space.periodic)
+        self.terms = ([as_energy_term(t) for t in energy_terms]
+                      + energy_terms_from_config(config.energy_terms, system))
+        extra = observables_from_config(config.observables, system)
+        extra.update(observables or {})
+        self.potential_fn = potential.energy_fn(self.space.displacement_fn, numbers)
+        self.energy_fn = total_energy_fn(self.potential_fn, self.terms)
+        neighbor_format = config.neighbor_format
+        if neighbor_format == "auto":
+            neighbor_format = getattr(potential.model, "neighbor_format", "ordered-sparse")
         self.neighbor_fn = engine.make_neighbor_fn(
             self.space, neighbor_box(frames, self.space, potential.cutoff), potential.cutoff,
-            config.neighbor_skin, config.capacity_multiplier, potential.neighbor_format,
-            self.n_atoms)
-        self.integ = make_integrator(config.ensemble, self.energy_fn, self.space.shift_fn,
-                                     self.units, self.n_atoms, config.chain_length)
-        self.observe = engine.make_observe(self.integ, self.energy_fn, self.space)
+            config.neighbor_skin, config.capacity_multiplier, neighbor_format, self.n_atoms)
+        factory = integrator if integrator is not None else resolve(integrators,
+                                                                   config.ensemble)
+        self.integ = build_integrator(factory, self.energy_fn, self.space.shift_fn,
+                                      self.units, self.n_atoms, config.chain_length,
+                                      name=config.ensemble if integrator is None else
+                                      getattr(integrator, "__name__", "custom"))
+        self.observe = engine.make_observe(self.integ, self.potential_fn, self.terms, extra,
+                                           self.space)
+        # the time step (ASE units) and kT (eV) of each replica, inputs of every chunk
+        self.dt = jnp.full((R,), self.units.dt, jnp.float32)
+        self.kT = jnp.full((R,), self.units.kT, jnp.float32)
         self.compiled: set = set()
         self.overflows = 0
         self._chunks: dict = {}
-        self._batched = R > 1
         self.replica_block = engine.replica_block_size(config.replica_block, R)
 
     # ------------------------------------------------------------------ helpers
     def _map(self, fn):
-        """fn over replicas: vmapped blocks of replicas when R > 1 (engine.map_replicas),
-        else fn itself; always jitted."""
-        return jax.jit(engine.map_replicas(fn, self.cfg.replicas, self.replica_block)
-                       if self._batched else fn)
+        """fn over the replica axis (engine.map_replicas), jitted."""
+        return jax.jit(engine.map_replicas(fn, self.cfg.replicas, self.replica_block))
 
-    def _boxes(self) -> list[dict]:
+    def _kw(self, nbrs, box=None) -> dict:
+        return {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+
+    def _allocate(self, positions, boxes=None, **kw):
+        return engine.allocate(self.neighbor_fn, positions, box_kwargs=boxes, **kw)
+
+    def _start_boxes(self) -> list[dict]:
         if self.cfg.ensemble != "npt":
             return [{}] * self.cfg.replicas
         return [{"box": jnp.asarray(np.asarray(a.cell, np.float64).T, jnp.float32)}
                 for a in self.starts]
 
-    def _allocate(self, positions, box_kwargs=None, **kw):
-        return engine.allocate(self.neighbor_fn, positions, box_kwargs=box_kwargs, **kw)
-
-    def _positions(self, state) -> list[np.ndarray]:
-        p = np.asarray(state.position)
-        return list(p) if self._batched else [p]
-
-    def _host_box(self, state):
-        """The box of (each replica of) a state on the host, or None for fixed boxes."""
-        if self.cfg.ensemble != "npt":
+    def _boxes(self, state):
+        """The box of each replica (R, ...) on the host, or None for fixed boxes."""
+        if self.integ.box(jax.tree_util.tree_map(lambda x: x[0], state)) is None:
             return None
-        return jax.vmap(self.integ.box)(state) if self._batched else self.integ.box(state)
+        return np.asarray(jax.vmap(self.integ.box)(state))
 
     def _state_boxes(self, state) -> list[dict]:
-        box = self._host_box(state)
-        if box is None:
+        boxes = self._boxes(state)
+        if boxes is None:
             return [{}] * self.cfg.replicas
-        b = np.asarray(box)
-        return [{"box": jnp.asarray(x)} for x in (b if self._batched else [b])]
-
-    def _unbatch(self, x):
-        x = np.asarray(x)
-        return x if self._batched else x[None]
+        return [{"box": jnp.asarray(b)} for b in boxes]
 
     # ------------------------------------------------------------------ setup
-    def _minimize(self, positions: list[np.ndarray], boxes: list[dict]) -> list[np.ndarray]:
+    def _minimize(self, positions: jax.Array, boxes: list[dict], term_states
+                  ) -> list[np.ndarray]:
         """FIRE descent (jax-md) until max |F| < minimize_fmax eV/Å or minimize_steps."""
         cfg, u = self.cfg, self.units
         fire_init, fire_apply = minimize.fire_descent(
             self.energy_fn, self.space.shift_fn, dt_start=u.dt, dt_max=10 * u.dt)
         fmax2 = cfg.minimize_fmax ** 2
 
-        def run(R, nbrs, box=None):
-            kw = {} if box is None else {"box": box}
-            state = fire_init(R, neighbor=nbrs, **kw)
+        def run(R, nbrs, ts, box):
+            kw = self._kw(nbrs, box)
+            state = fire_init(R, term_states=ts, **kw)
 
             def cond(c):
                 state, nbrs, i = c
@@ -153,89 +170,84 @@ class Simulation:
 
             def body(c):
                 state, nbrs, i = c
-                state = fire_apply(state, neighbor=nbrs, **kw)
-                nbrs = nbrs.update(state.position, **kw)
+                kw = self._kw(nbrs, box)
+                state = fire_apply(state, term_states=ts, **kw)
+                nbrs = nbrs.update(state.position, **({} if box is None else {"box": box}))
                 return state, nbrs, i + 1
 
             state, nbrs, i = jax.lax.while_loop(cond, body, (state, nbrs, 0))
-            return state.position, nbrs, i
+            return state.position, nbrs
 
+        box = jnp.stack([b["box"] for b in boxes]) if boxes[0] else None
         capacity = 0
         while True:
-            nbrs = self._allocate(positions, boxes, min_capacity=capacity)
-            R = jnp.stack(positions) if self._batched else jnp.asarray(positions[0])
-            if boxes[0]:
-                b = jnp.stack([x["box"] for x in boxes]) if self._batched else boxes[0]["box"]
-                fn = self._map(run)
-                pos, nbrs, _ = fn(R, nbrs, b)
-            else:
-                fn = self._map(lambda r, n: run(r, n))
-                pos, nbrs, _ = fn(R, nbrs)
+            nbrs = self._allocate(list(positions), boxes, min_capacity=capacity)
+            pos, nbrs = self._map(run)(positions, nbrs, term_states, box)
             self.compiled.add(("minimize", engine.capacity_of(nbrs)))
             if not engine.overflowed(nbrs):
-                return self._positions(type("S", (), {"position": pos})())
+                return pos
             self.overflows += 1
             capacity = engine.grown_capacity(engine.capacity_of(nbrs))
 
-    def initial_state(self, minimize_first: bool | None = None):
-        """(state, neighbor list) at step 0, batched over replicas when R > 1."""
+    def initial_state(self, minimize_first: bool | None = None) -> RunState:
+        """The run at step 0: state, term states and neighbor list, each with a leading
+        replica axis (``t0`` is filled in by the first observation)."""
         cfg = self.cfg
-        positions = [to_internal(a.positions, self.space) if self.space.kind != "general"
-                     else to_internal(a.positions, dataclasses.replace(
-                         self.space, box=np.asarray(a.cell, np.float64).T))
-                     for a in self.starts]
-        boxes = self._boxes()
+        positions = jnp.stack([jnp.asarray(
+            to_internal(a.positions, self.space) if self.space.kind != "general"
+            else to_internal(a.positions, dataclasses.replace(
+                self.space, box=np.asarray(a.cell, np.float64).T))) for a in self.starts])
+        boxes = self._start_boxes()
+        box = jnp.stack([b["box"] for b in boxes]) if boxes[0] else None
+        init_terms = self._map(lambda R: init_term_states(self.terms, R))
+        term_states = init_terms(positions)
         if (cfg.minimize if minimize_first is None else minimize_first):
-            positions = self._minimize(positions, boxes)
-        nbrs = self._allocate(positions, boxes, exact_capacity=cfg.initial_capacity)
+            positions = self._minimize(positions, boxes, term_states)
+            term_states = init_terms(positions)
+        nbrs = self._allocate(list(positions), boxes, exact_capacity=cfg.initial_capacity)
         while engine.overflowed(nbrs):  # a forced initial_capacity that is too small
             self.overflows += 1
-            nbrs = self._allocate(positions, boxes, min_capacity=engine.grown_capacity(
+            nbrs = self._allocate(list(positions), boxes, min_capacity=engine.grown_capacity(
                 engine.capacity_of(nbrs)))
-        keys = [jax.random.PRNGKey(cfg.seed + r) for r in range(cfg.replicas)]
+        keys = jnp.stack([jax.random.PRNGKey(cfg.seed + r) for r in range(cfg.replicas)])
         momenta = None
         if cfg.velocities == "structure":
-            momenta = [jnp.asarray(a.get_momenta(), jnp.float32) for a in self.starts]
-            if self.space.kind == "free" and not np.any([np.any(m) for m in momenta]):
+            momenta = jnp.stack([jnp.asarray(a.get_momenta(), jnp.float32)
+                                 for a in self.starts])
+            if self.space.kind == "free" and not np.any(np.asarray(momenta)):
                 raise SimulationError("velocities = 'structure' but the structure has no "
                                       "momenta")
         mass = self.mass
 
-        def init(key, R, nbrs, p=None, box=None):
-            kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
-            return self.integ.init(key, R, mass, momenta=p, **kw)
+        def init(key, R, nbrs, ts, kT, p, box):
+            return self.integ.init(key, R, mass, kT, momenta=p, term_states=ts,
+                                   **self._kw(nbrs, box))
 
-        args = [keys, positions, None, momenta,
-                [b["box"] for b in boxes] if boxes[0] else None]
-        if self._batched:
-            stacked = [None if a is None else jnp.stack([jnp.asarray(x) for x in a])
-                       for a in args]
-            stacked[2] = nbrs
-            in_axes = tuple(None if a is None else 0 for a in stacked)
-            state = jax.jit(jax.vmap(init, in_axes=in_axes))(*stacked)
-        else:
-            single = [None if a is None else jnp.asarray(a[0]) for a in args]
-            single[2] = nbrs
-            state = jax.jit(init)(*single)
-        return state, nbrs
+        state = self._map(init)(keys, positions, nbrs, term_states, self.kT, momenta, box)
+        return RunState(state, term_states, nbrs, 0, 0.0)
 
     # ------------------------------------------------------------------ chunks
-    def _chunk_fn(self, n_frames: int, capacity: int):
-        key = (n_frames, capacity)
-        self.compiled.add(("chunk",) + key)
+    def _chunk_fn(self, n_frames: int, capacity: int, t0: float):
+        self.compiled.add(("chunk", n_frames, capacity))
         if n_frames not in self._chunks:
             cfg = self.cfg
-            t_limit = cfg.blowup_temperature_factor * max(cfg.temperature_K, self._t0, 10.0)
-            ke_limit = 0.5 * self.integ.dof * ase.units.kB * t_limit
+            t_limit = self.temperature_limit(t0)
+            ke_limit = 0.5 * self.integ.dof * KB * t_limit
             chunk = engine.make_chunk(
-                self.integ, self.observe, n_frames, cfg.frame_every // cfg.observe_every,
-                cfg.observe_every, ke_limit, cfg.write_velocities, cfg.write_forces)
+                self.integ, self.observe, self.terms, n_frames,
+                cfg.frame_every // cfg.observe_every, cfg.observe_every, ke_limit,
+                cfg.write_velocities, cfg.write_forces)
             self._chunks[n_frames] = self._map(chunk)
         return self._chunks[n_frames]
 
-    def _observe0(self, state, nbrs):
-        self.compiled.add(("observe", engine.capacity_of(nbrs)))
-        return self._map(self.observe)(state, nbrs)
+    def temperature_limit(self, t0: float) -> float:
+        """The temperature (K) above which a replica counts as blown up."""
+        return self.cfg.blowup_temperature_factor * max(self.cfg.temperature_K, t0, 10.0)
+
+    def _observe(self, run: RunState) -> dict:
+        self.compiled.add(("observe", engine.capacity_of(run.nbrs)))
+        return jax.device_get(self._map(self.observe)(run.state, run.term_states, run.nbrs,
+                                                      self.kT))
 
     # ------------------------------------------------------------------ run
     def run(self, out: str | None = None, resume: bool = False,
@@ -249,183 +261,167 @@ class Simulation:
         R, M, K = cfg.replicas, cfg.frame_every, cfg.observe_every
         if cfg.steps % M:
             raise ConfigError(f"steps ({cfg.steps}) must be a multiple of frame_every ({M})")
-        writers, ckpt_path = [], None
-        if out is not None:
-            os.makedirs(out, exist_ok=True)
-            ckpt_path = os.path.join(out, "checkpoint.npz")
-            columns = list(output.OBS_COLUMNS[:7])
-            if self.space.periodic:
-                columns += ["pressure_bar", "volume"]
-            writers = [output.ReplicaWriter(output.replica_dir(out, r, R),
-                                            cfg.trajectory_format, cfg.observables_format,
-                                            columns) for r in range(R)]
+        ckpt_path = None if out is None else os.path.join(out, checkpoint.CHECKPOINT_FILE)
         if resume:
             if out is None:
                 raise ConfigError("--resume needs an output directory")
-            state, nbrs, step, meta = self._resume(ckpt_path)
+            run, meta = self._resume(ckpt_path)
+            columns = meta["columns"] or output.observable_columns(  # older checkpoints
+                self._row(self._observe(run), 0, None, 0))
+            writers = self._writers(out, columns)
             for w, sizes in zip(writers, meta["files"]):
                 w.restore(sizes)
-            self._t0 = meta["t0"]
         else:
             if out is not None and os.path.exists(ckpt_path):
                 raise SimulationError(f"{out} already holds a run (checkpoint.npz); use "
                                       "--resume to continue it or choose another --out")
-            state, nbrs = self.initial_state()
-            step = 0
-            obs0 = jax.device_get(self._observe0(state, nbrs))
-            self._t0 = float(np.max(self._unbatch(obs0["temperature"])))
+            run = self.initial_state()
+            obs0 = self._observe(run)
+            run.t0 = float(np.max(obs0["temperature"]))
+            rows0 = [self._row(obs0, r, None, 0) for r in range(R)]
+            writers = [] if out is None else self._writers(out, output.observable_columns(
+                rows0[0]))
             for r, w in enumerate(writers):
                 w.start()
-                w.write_observables([self._row(obs0, r, None, 0)])
-                w.write_frames([self._frame(state, obs0, r, None, None, 0)])
-            if not np.all(np.isfinite(self._unbatch(obs0["potential_energy"]))):
+                w.write_observables([rows0[r]])
+                w.write_frames([self._frame(run.state, obs0, r, None, None, 0)])
+            if not np.all(np.isfinite(obs0["potential_energy"])):
                 raise SimulationError("the potential energy of the starting structure is not "
                                       "finite")
             if writers:
-                self._checkpoint(ckpt_path, state, nbrs, 0, writers)
+                self._checkpoint(ckpt_path, run, writers)
 
         chunk_frames = cfg.chunk_steps // M
         t_start, steps_done, n_chunks = time.perf_counter(), 0, 0
         first_chunk_s = None
-        while step < cfg.steps and (max_chunks is None or n_chunks < max_chunks):
-            n_frames = min(chunk_frames, (cfg.steps - step) // M)
+        while run.step < cfg.steps and (max_chunks is None or n_chunks < max_chunks):
+            n_frames = min(chunk_frames, (cfg.steps - run.step) // M)
             t_chunk = time.perf_counter()
             while True:
-                fn = self._chunk_fn(n_frames, engine.capacity_of(nbrs))
-                new_state, new_nbrs, bad, obs, frames = fn(state, nbrs)
-                if not engine.overflowed(new_nbrs):
+                fn = self._chunk_fn(n_frames, engine.capacity_of(run.nbrs), run.t0)
+                state, term_states, nbrs, bad, obs, frames = fn(
+                    run.state, run.term_states, run.nbrs, self.dt, self.kT)
+                if not engine.overflowed(nbrs):
                     break
                 self.overflows += 1
-                nbrs = self._allocate(self._positions(state), self._state_boxes(state),
-                                      min_capacity=engine.grown_capacity(
-                                          engine.capacity_of(nbrs)))
+                run.nbrs = self._allocate(list(np.asarray(run.state.position)),
+                                          self._state_boxes(run.state),
+                                          min_capacity=engine.grown_capacity(
+                                              engine.capacity_of(run.nbrs)))
             obs, frames, bad = jax.device_get((obs, frames, bad))
             if first_chunk_s is None:
                 first_chunk_s = time.perf_counter() - t_chunk
-            bad = self._unbatch(bad)
-            stop = int(min(b for b in bad if b >= 0)) + step if np.any(bad >= 0) else None
+            stop = int(min(b for b in bad if b >= 0)) + run.step if np.any(bad >= 0) else None
             for r, w in enumerate(writers):
-                rows = [self._row(obs, r, j, step + (j + 1) * K) for j in range(n_frames * M // K)]
-                fr = [self._frame(frames, obs, r, f, (f + 1) * (M // K) - 1, step + (f + 1) * M)
-                      for f in range(n_frames)]
+                rows = [self._row(obs, r, j, run.step + (j + 1) * K)
+                        for j in range(n_frames * M // K)]
+                fr = [self._frame(frames, obs, r, f, (f + 1) * (M // K) - 1,
+                                  run.step + (f + 1) * M) for f in range(n_frames)]
                 if stop is not None:
                     rows = [x for x in rows if x["step"] < stop]
                     fr = [a for a in fr if a.info["step"] < stop]
                 w.write_observables(rows)
                 w.write_frames(fr)
             if stop is not None:
-                self._blowup(bad, obs, step, out)
-            state, nbrs = new_state, new_nbrs
-            step += n_frames * M
+                self._blowup(bad, obs, run, out)
+            run.state, run.term_states, run.nbrs = state, term_states, nbrs
+            run.step += n_frames * M
             steps_done += n_frames * M
             n_chunks += 1
             if writers:
-                self._checkpoint(ckpt_path, state, nbrs, step, writers)
+                self._checkpoint(ckpt_path, run, writers)
             if self.progress:
-                self._report(step, steps_done, time.perf_counter() - t_start)
+                self._report(run.step, steps_done, time.perf_counter() - t_start)
         wall = time.perf_counter() - t_start
         summary = {
-            "completed": step >= cfg.steps, "step": step, "steps_run": steps_done,
+            "completed": run.step >= cfg.steps, "step": run.step, "steps_run": steps_done,
             "replicas": R, "atoms": self.n_atoms, "ensemble": cfg.ensemble,
             "wall_s": wall, "first_chunk_s": first_chunk_s,
             "steps_per_s": steps_done / wall if wall > 0 else 0.0,
             "ns_per_day": steps_done / wall * cfg.timestep_fs * 86400 / 1e6 if wall > 0 else 0,
             "compilations": len(self.compiled), "compiled": sorted(map(str, self.compiled)),
-            "neighbor_capacity": engine.capacity_of(nbrs), "overflows": self.overflows,
+            "neighbor_capacity": engine.capacity_of(run.nbrs), "overflows": self.overflows,
             "replica_block": self.replica_block,
         }
         summary["aggregate_ns_per_day"] = summary["ns_per_day"] * R
         if out is not None:
             atomic_write_bytes(os.path.join(out, "summary.json"),
-                                      json.dumps(summary, indent=2).encode())
-        self.final_state = state
+                               json.dumps(summary, indent=2).encode())
+        self.final_state = run.state
         return summary
 
     # ------------------------------------------------------------------ host pieces
-    def _row(self, obs, r: int, j: int | None, step: int) -> dict:
-        row = {"step": step, "time_fs": step * self.cfg.timestep_fs}
-        for k, v in obs.items():
-            v = np.asarray(v)
-            v = v[r] if self._batched else v
-            row[k] = float(v if j is None else v[j])
-        return row
+    def _writers(self, out: str, columns: list[str]) -> list[output.ReplicaWriter]:
+        os.makedirs(out, exist_ok=True)
+        R = self.cfg.replicas
+        return [output.ReplicaWriter(output.replica_dir(out, r, R), self.cfg.trajectory_format,
+                                     self.cfg.observables_format, columns)
+                for r in range(R)]
+
+    def _row(self, obs: dict, r: int, j: int | None, step: int) -> dict:
+        """Observables of replica r (record j of a chunk, or the single record of obs0)."""
+        values = {k: np.asarray(v)[r] if j is None else np.asarray(v)[r, j]
+                  for k, v in obs.items()}
+        return {"step": step, "time_fs": step * self.cfg.timestep_fs, **flatten_row(values)}
 
     def _frame(self, src, obs, r: int, f: int | None, j: int | None, step: int) -> ase.Atoms:
         """Frame of replica r from a state (f None) or from chunk frame arrays."""
         cfg = self.cfg
 
         def pick(x):
-            x = np.asarray(x)
-            x = x[r] if self._batched else x
+            x = np.asarray(x)[r]
             return x if f is None else x[f]
 
         if f is None:
             pos = pick(src.position)
             vel = pick(src.momentum / src.mass) if cfg.write_velocities else None
             force = pick(src.force) if cfg.write_forces else None
-            box = self._host_box(src)
-            box = None if box is None else pick(box)
+            boxes = self._boxes(src)
+            box = None if boxes is None else boxes[r]
         else:
             pos = pick(src["position"])
             vel = pick(src["velocity"]) if cfg.write_velocities else None
             force = pick(src["force"]) if cfg.write_forces else None
             box = pick(src["box"]) if "box" in src else None
-        e = np.asarray(obs["potential_energy"])
-        e = e[r] if self._batched else e
+        e = np.asarray(obs["potential_energy"])[r]
         energy = float(e if j is None else e[j])
         return output.make_frame(self.numbers, to_cartesian(pos, self.space, box),
                                  cell_of(self.space, box), self.pbc, step,
                                  step * cfg.timestep_fs, energy, vel, force)
 
-    def _checkpoint(self, path, state, nbrs, step, writers) -> None:
-        leaves = jax.device_get(jax.tree_util.tree_leaves(state))
-        leaves += [np.asarray(nbrs.idx), np.asarray(nbrs.reference_position)]
-        meta = {"step": step, "n_leaves": len(leaves),
-                "neighbor_capacity": engine.capacity_of(nbrs), "t0": self._t0,
-                "n_atoms": self.n_atoms, "config": to_dict(self.cfg),
-                "files": [w.sizes() for w in writers]}
-        output.save_checkpoint(path, leaves, meta)
+    def _checkpoint(self, path: str, run: RunState, writers) -> None:
+        files = [w.sizes() for w in writers]
+        checkpoint.save(path, run, self.cfg, self.n_atoms, files,
+                        columns=writers[0].columns)
 
-    def _resume(self, path):
-        leaves, meta = output.load_checkpoint(path)
-        saved = meta["config"]
-        for k in _RESUME_KEYS:
-            was = saved.get(k, getattr(SimulateConfig, k, None))  # older runs: the default
-            if was != getattr(self.cfg, k):
-                raise ConfigError(f"cannot resume {path}: {k} was {was!r}, now "
-                                  f"{getattr(self.cfg, k)!r}")
-        if meta["n_atoms"] != self.n_atoms:
-            raise ConfigError(f"cannot resume {path}: {meta['n_atoms']} atoms, structure has "
-                              f"{self.n_atoms}")
-        if meta["step"] > self.cfg.steps:
-            raise ConfigError(f"cannot resume {path}: checkpoint at step {meta['step']} is "
-                              f"beyond steps = {self.cfg.steps}")
-        template, _ = self.initial_state(minimize_first=False)
-        treedef = jax.tree_util.tree_structure(template)
-        state_leaves, (idx, ref) = leaves[:-2], leaves[-2:]
-        expected = [np.shape(x) for x in jax.tree_util.tree_leaves(template)]
-        if [np.shape(x) for x in state_leaves] != expected:
-            raise SimulationError(f"cannot resume {path}: saved state does not match this "
-                                  "system")
-        state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in state_leaves])
-        nbrs = self._allocate(self._positions(state), self._state_boxes(state),
+    def _resume(self, path: str) -> tuple[RunState, dict]:
+        leaves, meta = checkpoint.load(path)
+        checkpoint.check_compatible(path, meta, self.cfg, self.n_atoms)
+        template = self.initial_state(minimize_first=False)
+        state, term_states = checkpoint.restore_leaves(
+            path, leaves[:-2], (template.state, template.term_states))
+        idx, ref = leaves[-2:]
+        if idx.ndim == 2 and self.cfg.replicas == 1:  # written before the replica axis
+            idx, ref = idx[None], ref[None]
+        nbrs = self._allocate(list(np.asarray(state.position)), self._state_boxes(state),
                               exact_capacity=meta["neighbor_capacity"])
         nbrs = nbrs.set(idx=jnp.asarray(idx), reference_position=jnp.asarray(ref))
-        return state, nbrs, meta["step"], meta
+        meta.setdefault("columns", None)
+        return RunState(state, term_states, nbrs, meta["step"], meta["t0"]), meta
 
-    def _blowup(self, bad, obs, step0, out) -> None:
+    def _blowup(self, bad, obs, run: RunState, out) -> None:
         cfg = self.cfg
         r = int(np.argmin(np.where(bad >= 0, bad, np.iinfo(np.int32).max)))
-        stop = step0 + int(bad[r])
-        t = np.asarray(obs["temperature"])
-        t = t[r] if self._batched else t
+        stop = run.step + int(bad[r])
+        t = np.asarray(obs["temperature"])[r]
         j = min((int(bad[r]) - 1) // cfg.observe_every, len(t) - 1)
         temp = t[j]
         what = ("the kinetic energy became non-finite (NaN/inf)" if not np.isfinite(temp)
                 else f"the temperature reached {temp:.0f} K (limit "
+                     f"{self.temperature_limit(run.t0):.0f} K = "
                      f"{cfg.blowup_temperature_factor} × max(target, initial))")
         kept = "" if out is None else (f"; frames before step {stop} and the checkpoint at "
-                                       f"step {step0} in {out} are kept")
+                                       f"step {run.step} in {out} are kept")
         raise SimulationError(
             f"replica {r}: simulation blew up at step {stop} (t = {stop * cfg.timestep_fs:g} "
             f"fs): {what}{kept}. Try a smaller timestep, minimize = true, or check the "

@@ -13,7 +13,7 @@ import sys
 from biojax.core.config import add_override_option, cli_overrides
 from biojax.core.errors import ConfigError, ModelError
 from biojax.core.registry import stages
-from biojax.md.config import ENSEMBLES, SimulateConfig as Config
+from biojax.md.config import SimulateConfig as Config
 
 NAME = "simulate"
 
@@ -93,7 +93,8 @@ def register(subparsers) -> None:
     add_override_option(p, "temperature_K=350")
     p.add_argument("--model", help="trained model directory (sets model)")
     p.add_argument("--structure", help="starting structure (PDB, extxyz, ...; sets structure)")
-    p.add_argument("--ensemble", choices=ENSEMBLES)
+    p.add_argument("--ensemble", help="integrator: nve, nvt-langevin, nvt-nose-hoover, npt "
+                   "or an import path module:factory")
     p.add_argument("--timestep", type=float, metavar="FS", help="time step (fs)")
     p.add_argument("--temperature", type=float, metavar="K", help="temperature (K)")
     p.add_argument("--steps", type=int, metavar="N")
