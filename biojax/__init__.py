@@ -6,4 +6,6 @@ Time steps are given in fs and temperatures in K at the user-facing boundary.
 
 __version__ = "0.1.0"
 
-from biojax.core.errors import BiojaxError  # noqa: E402,F401
+from biojax.core.errors import BiojaxError  # noqa: E402
+
+__all__ = ["BiojaxError", "__version__"]

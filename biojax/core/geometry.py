@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _float(x) -> jax.Array:
@@ -23,11 +24,11 @@ def _tiny(x) -> float:
     return float(jnp.finfo(x.dtype).tiny)
 
 
-def _safe_norm(v) -> jax.Array:
+def _safe_norm(v, xp=jnp) -> jax.Array:
     """|v| over the last axis; 0 with gradient 0 where v = 0 (plain sqrt gives NaN)."""
-    n2 = jnp.sum(v * v, axis=-1)
+    n2 = xp.sum(v * v, axis=-1)
     ok = n2 > _tiny(n2)
-    return jnp.where(ok, jnp.sqrt(jnp.where(ok, n2, 1.0)), 0.0)
+    return xp.where(ok, xp.sqrt(xp.where(ok, n2, 1.0)), 0.0)
 
 
 def _safe_sqrt(x) -> jax.Array:
@@ -35,10 +36,10 @@ def _safe_sqrt(x) -> jax.Array:
     return jnp.where(ok, jnp.sqrt(jnp.where(ok, x, 1.0)), 0.0)
 
 
-def _safe_atan2(y, x) -> jax.Array:
+def _safe_atan2(y, x, xp=jnp) -> jax.Array:
     """atan2(y, x); 0 with gradient 0 where x = y = 0 (plain atan2 has a NaN gradient)."""
     ok = x * x + y * y > _tiny(x)
-    return jnp.where(ok, jnp.arctan2(jnp.where(ok, y, 0.0), jnp.where(ok, x, 1.0)), 0.0)
+    return xp.where(ok, xp.arctan2(xp.where(ok, y, 0.0), xp.where(ok, x, 1.0)), 0.0)
 
 
 @jax.jit
@@ -59,21 +60,30 @@ def angles(positions, triples) -> jax.Array:
     return _safe_atan2(_safe_norm(jnp.cross(a, b)), jnp.sum(a * b, axis=-1))
 
 
+def _dihedrals(x, quads, xp):
+    p0, p1, p2, p3 = (x[..., quads[:, c], :] for c in range(4))
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n2 = xp.cross(b1, b2)
+    # atan2(|b1| b0·(b1×b2), (b0×b1)·(b1×b2)): no normalisation that could divide by 0
+    y = _safe_norm(b1, xp) * xp.sum(b0 * n2, axis=-1)
+    x_ = xp.sum(xp.cross(b0, b1) * n2, axis=-1)
+    phi = _safe_atan2(y, x_, xp)
+    return xp.where(phi <= -xp.pi, phi + 2.0 * xp.pi, phi)
+
+
 @jax.jit
 def dihedrals(positions, quads) -> jax.Array:
     """Dihedral (torsion) angles of i-j-k-l (radians in (-π, π], shape (..., n)) for index
     quadruples (n, 4), IUPAC sign convention (as mdtraj.compute_dihedrals): looking
     along j→k, positive when l is turned clockwise from i. Undefined dihedrals (i, j, k
     or j, k, l collinear) give 0."""
-    x = _float(positions)
-    p0, p1, p2, p3 = (x[..., quads[:, c], :] for c in range(4))
-    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-    n2 = jnp.cross(b1, b2)
-    # atan2(|b1| b0·(b1×b2), (b0×b1)·(b1×b2)): no normalisation that could divide by 0
-    y = _safe_norm(b1) * jnp.sum(b0 * n2, axis=-1)
-    x_ = jnp.sum(jnp.cross(b0, b1) * n2, axis=-1)
-    phi = _safe_atan2(y, x_)
-    return jnp.where(phi <= -jnp.pi, phi + 2.0 * jnp.pi, phi)
+    return _dihedrals(_float(positions), quads, jnp)
+
+
+def dihedrals_float64(positions, quads) -> np.ndarray:
+    """:func:`dihedrals` computed in NumPy float64 on the host (the same formula), for
+    labels written to files, in a process that computes in float32."""
+    return _dihedrals(np.asarray(positions, np.float64), np.asarray(quads), np)
 
 
 @jax.jit

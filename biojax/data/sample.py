@@ -38,14 +38,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import jax
 import numpy as np
 from ase import Atoms
 
-from biojax.core import geometry
 from biojax.core.atomic import atomic_path
 from biojax.core.config import from_dict, load, to_dict
-from biojax.core.units import KJ_PER_MOL
+from biojax.core.units import FS, KJ_PER_MOL, PS
 from biojax.data.reference import (IMPLICIT_SOLVENTS, Progress, _build_pdb, _build_prmtop,
                                    label, make_calculator)
 from biojax.core.errors import ConfigError, DataError, SimulationError
@@ -215,12 +213,12 @@ def _check_crystal(c: RattleStrainConfig, where: str) -> None:
 
 def dihedral_degrees(positions: np.ndarray, idx) -> float:
     """Dihedral angle (degrees, in [-180, 180)) of atoms ``idx`` (4 indices)."""
-    # a label written to the dataset: computed in float64 (scoped to this call), so it
-    # agrees with ASE's get_dihedral to 1e-6 degrees
-    with jax.enable_x64(True):
-        rad = geometry.dihedrals(np.asarray(positions, dtype=np.float64),
-                                 np.asarray([idx], dtype=np.int64))
-        angle = float(np.degrees(float(rad[0])))
+    # a label written to the dataset: float64 on the host, so it agrees with ASE's
+    # get_dihedral to 1e-6 degrees
+    from biojax.core.geometry import dihedrals_float64
+
+    rad = dihedrals_float64(positions, [idx])
+    angle = float(np.degrees(rad[0]))
     return ((angle + 180.0) % 360.0) - 180.0
 
 
@@ -375,7 +373,7 @@ def _sample_openmm_md(recipe: Recipe, base_dir, progress: bool) -> list[Atoms]:
             atoms = Atoms(numbers=numbers, positions=pos)
             atoms.info["sample_run"] = run.name
             atoms.info["sample_replica"] = rep
-            atoms.info["sample_time_ps"] = round((k + 1) * c.save_every * c.timestep / 1000, 6)
+            atoms.info["sample_time_ps"] = round((k + 1) * c.save_every * c.timestep * FS / PS, 6)
             atoms.info["sample_temperature_K"] = float(temperature)
             atoms.info["sampler_energy"] = float(
                 state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole) * KJ_PER_MOL)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import ase.units
 
+from biojax.core.units import BAR, FS, KB, PS
 from biojax.core.config import from_dict, load
 from biojax.core.errors import ConfigError
 
@@ -122,12 +122,12 @@ class Units:
     @classmethod
     def from_config(cls, cfg: SimulateConfig) -> "Units":
         """Convert fs, K, bar and 1/ps to ASE units (done once, here)."""
-        return cls(dt=cfg.timestep_fs * ase.units.fs,
-                   kT=cfg.temperature_K * ase.units.kB,
-                   pressure=cfg.pressure_bar * ase.units.bar,
-                   gamma=cfg.friction_per_ps / (1000.0 * ase.units.fs),
-                   tau_thermostat=cfg.thermostat_tau_fs * ase.units.fs,
-                   tau_barostat=cfg.barostat_tau_fs * ase.units.fs)
+        return cls(dt=cfg.timestep_fs * FS,
+                   kT=cfg.temperature_K * KB,
+                   pressure=cfg.pressure_bar * BAR,
+                   gamma=cfg.friction_per_ps / PS,
+                   tau_thermostat=cfg.thermostat_tau_fs * FS,
+                   tau_barostat=cfg.barostat_tau_fs * FS)
 
 
 def load_config(path: str, overrides=()) -> SimulateConfig:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, NamedTuple, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
