@@ -209,13 +209,12 @@ def test_user_loss_term_on_an_extra_label_trains(tmp_path, example_on_path):
     assert "holey.xyz frame 5" in message and "'ref_dipole'" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="ASE's extxyz reader moves info['dipole'] (and other "
-                   "calculator properties: charges, magmom, ...) into atoms.calc.results, and "
-                   "biojax.data.io._extra_labels reads only atoms.info/arrays; remove this "
-                   "marker once io.py also takes such calculator results as labels")
 def test_dipole_named_dipole_survives_extxyz(tmp_path):
+    """ASE's extxyz reader moves info['dipole'] into the calculator's results; it is still
+    a per-structure label (and per-atom calculator arrays are per-atom labels)."""
     path = write_dipole_data(tmp_path / "d.xyz", ":2", label="dipole")
-    assert "dipole" in read_dataset(path)[0].labels
+    s = read_dataset(path)[0]
+    assert "dipole" in s.labels and s.labels["dipole"].shape == (3,)
 
 
 # ------------------------------------------------------------------ c. built-in terms

@@ -136,6 +136,17 @@ def _extra_labels(atoms) -> tuple[dict, dict]:
             if k not in _NOT_LABELS and not isinstance(v, (bool, str)) and numeric(v)}
     arrays = {k: np.asarray(v, np.float64) for k, v in atoms.arrays.items()
               if k not in _NOT_LABELS and numeric(v)}
+    # ASE's extxyz reader moves known properties (dipole, charges, magmoms, ...) into
+    # the calculator's results: they are labels too
+    results = getattr(atoms.calc, "results", None) or {}
+    for k, v in results.items():
+        if k in _NOT_LABELS or isinstance(v, (bool, str)) or not numeric(v):
+            continue
+        v = np.asarray(v, np.float64)
+        if v.ndim >= 1 and v.shape[0] == len(atoms) and k != "dipole":
+            arrays.setdefault(k, v)
+        else:
+            info.setdefault(k, v)
     return info, arrays
 
 
