@@ -24,10 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+import tomllib
 import types
 import typing
 from typing import Any, Iterable, Mapping, TypeVar
