@@ -24,11 +24,16 @@ BASE_COLUMNS = ("step", "time_fs", "potential_energy", "kinetic_energy", "total_
                 "temperature", "conserved")
 
 
-def observable_columns(sample: dict) -> list[str]:
-    """CSV columns for observable rows like ``sample`` (one host row, vectors flattened):
-    the standard ones first, then the rest in their order."""
-    rest = [k for k in sample if k not in BASE_COLUMNS]
-    return list(BASE_COLUMNS) + rest
+def observable_columns(sample: dict, extra: list[str] = ()) -> list[str]:
+    """CSV columns for observable rows like ``sample`` (one host row, vectors flattened
+    as ``name[i]``): the standard ones, then ``terms_energy``/``pressure_bar``/``volume``
+    where present, then the extra observables in the order given."""
+    columns = list(BASE_COLUMNS) + [k for k in ("terms_energy", "pressure_bar", "volume")
+                                    if k in sample]
+    for name in extra:
+        columns += [k for k in sample if k == name or (k.startswith(name + "[")
+                                                        and k[len(name) + 1:-1].isdigit())]
+    return columns + [k for k in sample if k not in columns]
 
 
 def replica_dir(out: str, replica: int, n_replicas: int) -> str:

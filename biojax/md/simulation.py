@@ -98,6 +98,7 @@ class Simulation:
                       + energy_terms_from_config(config.energy_terms, system))
         extra = observables_from_config(config.observables, system)
         extra.update(observables or {})
+        self.extra_observables = list(extra)
         self.potential_fn = potential.energy_fn(self.space.displacement_fn, numbers)
         self.energy_fn = total_energy_fn(self.potential_fn, self.terms)
         neighbor_format = config.neighbor_format
@@ -267,7 +268,7 @@ class Simulation:
                 raise ConfigError("--resume needs an output directory")
             run, meta = self._resume(ckpt_path)
             columns = meta["columns"] or output.observable_columns(  # older checkpoints
-                self._row(self._observe(run), 0, None, 0))
+                self._row(self._observe(run), 0, None, 0), self.extra_observables)
             writers = self._writers(out, columns)
             for w, sizes in zip(writers, meta["files"]):
                 w.restore(sizes)
@@ -280,7 +281,7 @@ class Simulation:
             run.t0 = float(np.max(obs0["temperature"]))
             rows0 = [self._row(obs0, r, None, 0) for r in range(R)]
             writers = [] if out is None else self._writers(out, output.observable_columns(
-                rows0[0]))
+                rows0[0], self.extra_observables))
             for r, w in enumerate(writers):
                 w.start()
                 w.write_observables([rows0[r]])
