@@ -204,6 +204,32 @@ def test_save_and_load_roundtrip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+@pytest.mark.parametrize("kind", ["lennard-jones", "morse"])
+def test_pair_potentials_save_and_load(tmp_path, kind):
+    """Classical pair potentials are saved like trained models and load into the same
+    model (registered by name), the same parameters and the same energies and forces."""
+    from biojax.nn.classical import lennard_jones, morse
+
+    pot = (lennard_jones([18, 36], [3.4, 3.6], [0.0103, 0.014], cutoff=7.0)
+           if kind == "lennard-jones" else morse([29], D=0.34, alpha=1.36, r0=2.6, cutoff=6.0))
+    save_potential(pot, tmp_path / kind)
+    loaded = load_potential(tmp_path / kind)
+    assert type(loaded.model) is type(pot.model) and loaded.model == pot.model
+    assert loaded.architecture["name"] == kind
+    atoms = (bulk("Ar", "fcc", a=5.3, cubic=True).repeat(3) if kind == "lennard-jones"
+             else bulk("Cu", "fcc", a=3.6, cubic=True).repeat(3))
+    if kind == "lennard-jones":
+        atoms.numbers[::4] = 36
+    atoms.rattle(0.05, seed=1)
+    results = []
+    for p in (pot, loaded):
+        atoms.calc = BiojaxCalculator(p)
+        results.append((atoms.get_potential_energy(), atoms.get_forces()))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-12)
+    np.testing.assert_allclose(results[1][1], results[0][1], atol=1e-12)
+    assert abs(results[0][0]) > 1e-3 and np.abs(results[0][1]).max() > 1e-3
+
+
 def test_checked_in_v1_model_stays_loadable():
     """A model written by biojax 0.1 (format 1) must load in every later version."""
     import os

@@ -228,7 +228,7 @@ def test_sample_openmm_md_records_dihedrals_and_labels(tmp_path):
 def test_unknown_reference_name_lists_valid_names():
     from biojax.data.reference import make_calculator
 
-    with pytest.raises(ConfigError, match="gfn2-xtb, emt, openmm"):
+    with pytest.raises(ConfigError, match="unknown reference engine .dftb.; registered: emt, gfn2-xtb, openmm"):
         make_calculator("dftb")
     with pytest.raises(ConfigError, match="valid options are"):
         make_calculator("gfn2-xtb", basis="sto-3g")

@@ -50,17 +50,22 @@ class FeatureConfig:
     backbone_dihedrals (angles from phi/psi/chi1, needs a topology);
     dihedrals (atoms = [[i, j, k, l], ...]); distances (atoms = pairs, or all pairs of
     selection); contacts (as distances, 1 if closer than cutoff Å);
-    aligned_coordinates (selection, Kabsch-aligned to reference); rmsd (selection).
+    aligned_coordinates (selection, Kabsch-aligned to reference); rmsd (selection);
+    or a user feature by import path "module:function" (biojax.core.registry.features).
     reference: structure file for alignment/RMSD (default: first frame)."""
 
-    kind: Literal["backbone_dihedrals", "dihedrals", "distances", "contacts",
-                  "aligned_coordinates", "rmsd"]
+    kind: str
     angles: tuple[str, ...] = ("phi", "psi")
     atoms: tuple[tuple[int, ...], ...] | None = None
     names: tuple[str, ...] | None = None
     selection: SelectionConfig | None = None
     cutoff: float = 8.0
     reference: str | None = dataclasses.field(default=None, metadata={"path": True})
+
+    def __post_init__(self):
+        from biojax.core.registry import features, resolve
+
+        resolve(features, self.kind)  # an unknown kind lists the registered ones
 
 
 @dataclasses.dataclass(frozen=True)

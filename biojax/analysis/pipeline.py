@@ -17,6 +17,8 @@ from biojax.analysis.config import AnalyzeConfig, FeatureConfig
 from biojax.analysis.trajectory import Trajectory, load_trajectory, read_positions
 from biojax.core.atomic import atomic_path, atomic_write_text
 from biojax.core.errors import AnalysisError, ConfigError
+from biojax.core.registry import features as feature_registry
+from biojax.core.registry import resolve
 from biojax.core.units import KJ_PER_MOL
 
 
@@ -48,39 +50,61 @@ def _reference(cfg: AnalyzeConfig, fc: FeatureConfig, traj: Trajectory) -> np.nd
 
 def compute_features(cfg: AnalyzeConfig, traj: Trajectory, fc: FeatureConfig
                      ) -> FeatureTable:
-    """One feature block of the config evaluated on one trajectory."""
-    pos = traj.positions
-    if fc.kind == "backbone_dihedrals":
-        if traj.topology is None:
-            raise AnalysisError(f"backbone_dihedrals need a topology for {traj.source}; "
-                                f"set trajectory.topology to a PDB file")
-        quads, names = selection.backbone_dihedrals(traj.topology, fc.angles)
-        return FeatureTable(np.asarray(features.dihedrals(pos, quads)), tuple(names),
-                            (True,) * len(names))
-    if fc.kind == "dihedrals":
-        if not fc.atoms:
-            raise ConfigError("features kind 'dihedrals' needs atoms = [[i, j, k, l], ...]")
-        names = fc.names or tuple(f"dihedral_{'_'.join(map(str, q))}" for q in fc.atoms)
-        _check_names(names, len(fc.atoms))
-        return FeatureTable(np.asarray(features.dihedrals(pos, np.asarray(fc.atoms))),
-                            tuple(names), (True,) * len(names))
-    if fc.kind in ("distances", "contacts"):
-        pairs = (np.asarray(fc.atoms) if fc.atoms else
-                 features.all_pairs(_selection(traj, fc.selection)))
-        if fc.kind == "distances":
-            vals = features.distances(pos, pairs)
-        else:
-            vals = features.contacts(pos, pairs, fc.cutoff)
-        names = fc.names or tuple(f"{fc.kind[:-1]}_{i}_{j}" for i, j in pairs)
-        _check_names(names, len(pairs))
-        return FeatureTable(np.asarray(vals), tuple(names), (False,) * len(names))
+    """One feature block of the config evaluated on one trajectory: the feature named by
+    ``fc.kind`` (``biojax.core.registry.features``: registered, or ``"module:function"``
+    taking ``(cfg, traj, fc)`` and returning a FeatureTable)."""
+    return resolve(feature_registry, fc.kind)(cfg, traj, fc)
+
+
+@feature_registry.register("backbone_dihedrals")
+def _backbone_dihedrals(cfg, traj, fc) -> FeatureTable:
+    if traj.topology is None:
+        raise AnalysisError(f"backbone_dihedrals need a topology for {traj.source}; "
+                            f"set trajectory.topology to a PDB file")
+    quads, names = selection.backbone_dihedrals(traj.topology, fc.angles)
+    return FeatureTable(np.asarray(features.dihedrals(traj.positions, quads)), tuple(names),
+                        (True,) * len(names))
+
+
+@feature_registry.register("dihedrals")
+def _dihedrals(cfg, traj, fc) -> FeatureTable:
+    if not fc.atoms:
+        raise ConfigError("features kind 'dihedrals' needs atoms = [[i, j, k, l], ...]")
+    names = fc.names or tuple(f"dihedral_{'_'.join(map(str, q))}" for q in fc.atoms)
+    _check_names(names, len(fc.atoms))
+    return FeatureTable(np.asarray(features.dihedrals(traj.positions, np.asarray(fc.atoms))),
+                        tuple(names), (True,) * len(names))
+
+
+def _pair_feature(cfg, traj, fc) -> FeatureTable:
+    pairs = (np.asarray(fc.atoms) if fc.atoms else
+             features.all_pairs(_selection(traj, fc.selection)))
+    if fc.kind == "distances":
+        vals = features.distances(traj.positions, pairs)
+    else:
+        vals = features.contacts(traj.positions, pairs, fc.cutoff)
+    names = fc.names or tuple(f"{fc.kind[:-1]}_{i}_{j}" for i, j in pairs)
+    _check_names(names, len(pairs))
+    return FeatureTable(np.asarray(vals), tuple(names), (False,) * len(names))
+
+
+feature_registry.register("distances", _pair_feature)
+feature_registry.register("contacts", _pair_feature)
+
+
+@feature_registry.register("aligned_coordinates")
+def _aligned_coordinates(cfg, traj, fc) -> FeatureTable:
     idx = _selection(traj, fc.selection)
-    ref = _reference(cfg, fc, traj)
-    if fc.kind == "aligned_coordinates":
-        vals = np.asarray(features.aligned_coordinates(pos, ref, idx))
-        names = tuple(f"{c}{i}" for i in idx for c in "xyz")
-        return FeatureTable(vals, names, (False,) * len(names))
-    vals = np.asarray(features.rmsd(pos, ref, idx))[:, None]
+    vals = np.asarray(features.aligned_coordinates(traj.positions, _reference(cfg, fc, traj),
+                                                   idx))
+    names = tuple(f"{c}{i}" for i in idx for c in "xyz")
+    return FeatureTable(vals, names, (False,) * len(names))
+
+
+@feature_registry.register("rmsd")
+def _rmsd(cfg, traj, fc) -> FeatureTable:
+    idx = _selection(traj, fc.selection)
+    vals = np.asarray(features.rmsd(traj.positions, _reference(cfg, fc, traj), idx))[:, None]
     return FeatureTable(vals, ("rmsd",), (False,))
 
 

@@ -27,9 +27,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from biojax.core.errors import BiojaxError, ConfigError, DataError
+from biojax.core.registry import reference_engines, resolve
 from biojax.core.units import KJ_PER_MOL, NM
 
-REFERENCE_NAMES = ("gfn2-xtb", "emt", "openmm")
 
 #: OpenMM implicit-solvent names accepted by :class:`OpenMMCalculator`
 IMPLICIT_SOLVENTS = ("none", "HCT", "OBC1", "OBC2", "GBn", "GBn2")
@@ -237,7 +237,9 @@ def _read_coordinates(coordinates, base_dir, n_atoms):
 # --------------------------------------------------------------------------- factory
 
 def make_calculator(name: str, base_dir=None, **options: Any) -> Calculator:
-    """An ASE calculator for reference engine ``name`` (eV, eV/Å, eV/Å³).
+    """An ASE calculator for reference engine ``name`` (eV, eV/Å, eV/Å³): a registered
+    engine (``biojax.core.registry.reference_engines``) or an import path
+    ``"module:factory"`` to a user's factory ``factory(base_dir=None, **options)``.
 
     - ``"gfn2-xtb"``: ``tblite.ase.TBLite(method="GFN2-xTB")``; options are TBLite keywords
       (charge, multiplicity, accuracy, electronic_temperature [K], max_iterations, ...).
@@ -249,40 +251,48 @@ def make_calculator(name: str, base_dir=None, **options: Any) -> Calculator:
     File options are resolved with :func:`resolve_path` against ``base_dir``. An unknown
     name or option raises :class:`ConfigError` listing the valid ones.
     """
-    if name == "gfn2-xtb":
-        try:
-            from tblite.ase import TBLite
-        except ImportError:
-            raise ConfigError("reference 'gfn2-xtb' needs the tblite package "
-                              "(pip install tblite)") from None
-        valid = set(TBLite.default_parameters) - {"method"}
-        _check_options(name, options, valid)
-        options.setdefault("verbosity", 0)
-        return TBLite(method="GFN2-xTB", **options)
-    if name == "emt":
-        from ase.calculators.emt import EMT
+    return resolve(reference_engines, name)(base_dir=base_dir, **options)
 
-        _check_options(name, options, set(EMT.default_parameters))
-        return EMT(**options)
-    if name == "openmm":
-        valid = {"prmtop", "coordinates", "pdb", "forcefield", "implicit_solvent", "platform"}
-        _check_options(name, options, valid)
-        solvent = options.get("implicit_solvent", "none")
-        platform = options.get("platform", "Reference")
-        if options.get("prmtop"):
-            if options.get("pdb") or options.get("forcefield"):
-                raise ConfigError("reference 'openmm': give either 'prmtop' (with optional "
-                                  "'coordinates') or 'pdb' + 'forcefield', not both")
-            return OpenMMCalculator.from_prmtop(options["prmtop"], options.get("coordinates"),
-                                                solvent, platform, base_dir)
-        if options.get("pdb"):
-            return OpenMMCalculator.from_pdb(options["pdb"],
-                                             options.get("forcefield", ("amber14-all.xml",)),
-                                             solvent, platform, base_dir)
-        raise ConfigError("reference 'openmm': expected option 'prmtop' (AMBER topology) "
-                          "or 'pdb' (with 'forcefield' XML files)")
-    raise ConfigError(f"unknown reference calculator {name!r}; "
-                      f"valid names are: {', '.join(REFERENCE_NAMES)}")
+
+@reference_engines.register("gfn2-xtb")
+def _gfn2_xtb(base_dir=None, **options) -> Calculator:
+    try:
+        from tblite.ase import TBLite
+    except ImportError:
+        raise ConfigError("reference 'gfn2-xtb' needs the tblite package "
+                          "(pip install tblite)") from None
+    valid = set(TBLite.default_parameters) - {"method"}
+    _check_options("gfn2-xtb", options, valid)
+    options.setdefault("verbosity", 0)
+    return TBLite(method="GFN2-xTB", **options)
+
+
+@reference_engines.register("emt")
+def _emt(base_dir=None, **options) -> Calculator:
+    from ase.calculators.emt import EMT
+
+    _check_options("emt", options, set(EMT.default_parameters))
+    return EMT(**options)
+
+
+@reference_engines.register("openmm")
+def _openmm(base_dir=None, **options) -> Calculator:
+    valid = {"prmtop", "coordinates", "pdb", "forcefield", "implicit_solvent", "platform"}
+    _check_options("openmm", options, valid)
+    solvent = options.get("implicit_solvent", "none")
+    platform = options.get("platform", "Reference")
+    if options.get("prmtop"):
+        if options.get("pdb") or options.get("forcefield"):
+            raise ConfigError("reference 'openmm': give either 'prmtop' (with optional "
+                              "'coordinates') or 'pdb' + 'forcefield', not both")
+        return OpenMMCalculator.from_prmtop(options["prmtop"], options.get("coordinates"),
+                                            solvent, platform, base_dir)
+    if options.get("pdb"):
+        return OpenMMCalculator.from_pdb(options["pdb"],
+                                         options.get("forcefield", ("amber14-all.xml",)),
+                                         solvent, platform, base_dir)
+    raise ConfigError("reference 'openmm': expected option 'prmtop' (AMBER topology) "
+                      "or 'pdb' (with 'forcefield' XML files)")
 
 
 def _check_options(name, options, valid):
