@@ -1,20 +1,56 @@
 """Atomic file writes: the one place that writes to a temporary file beside the target and
 renames it into place, so an interrupted write never leaves a half-written or missing file
-(DESIGN §4, Errors)."""
+(DESIGN §4, Errors).
+
+The temporary file is created owner-only (``tempfile.mkstemp``), but the file that lands
+at the target gets the permissions an ordinary ``open(path, "w")`` would give it: those of
+the file it replaces, or ``0o666 & ~umask`` for a new file (0644 under the usual umask
+022). :func:`make_temp_dir` does the same for folders that are built and then renamed into
+place (``0o777 & ~umask``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from typing import Iterator
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no read-only query elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """Permissions a new file (``0o666 & ~umask``) or folder (``0o777 & ~umask``) gets
+    from an ordinary ``open()`` / ``os.mkdir()``."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def _target_mode(path: str) -> int:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)  # replacing a file keeps its mode
+    except OSError:
+        return default_mode()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``path`` (same extension, so writers that infer the
-    format from it work); on success it is fsynced and renamed onto ``path``, on failure
-    removed, leaving any existing ``path`` untouched."""
+    format from it work); on success it gets ordinary permissions (see module doc), is
+    fsynced and renamed onto ``path``; on failure it is removed, leaving any existing
+    ``path`` untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     stem, ext = os.path.splitext(os.path.basename(path))
@@ -22,12 +58,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _target_mode(path))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str = ".tmp-") -> str:
+    """``tempfile.mkdtemp`` in ``parent`` with the permissions of an ordinary
+    ``os.mkdir`` (``0o777 & ~umask``) instead of 0700, for a folder that is filled and then
+    renamed into place."""
+    tmp = tempfile.mkdtemp(dir=os.fspath(parent), prefix=prefix)
+    os.chmod(tmp, default_mode(directory=True))
+    return tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
