@@ -44,3 +44,214 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path, umask022):
     assert _mode(tmp_path / "private.txt") == 0o600
     assert atomic.current_umask() == 0o077
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ------------------------------------------------------------------ biojax analyze
+CG = os.path.join(ROOT, "examples", "data", "cgnet_ala2")
+CG_PDB = os.path.join(CG, "ala2_cg.pdb")
+
+
+@pytest.fixture(scope="module")
+def cg_frames():
+    import numpy as np
+    return np.load(os.path.join(CG, "ala2_coordinates.npy"))[:400].copy()
+
+
+def _config(tmp_path, paths, extra=""):
+    cfg = tmp_path / "analyze.toml"
+    cfg.write_text(f'''[trajectory]
+paths = {[str(p) for p in paths]!r}
+topology = "{CG_PDB}"
+{extra}
+[[features]]
+kind = "backbone_dihedrals"
+[cluster]
+k = 3
+n_init = 2
+[fes]
+n_bootstrap = 20
+bins = 24
+[msm]
+lags = [1, 2, 5]
+'''.replace("'", '"'))
+    return str(cfg)
+
+
+def _snapshot(folder) -> dict:
+    import hashlib
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+            for name in sorted(os.listdir(folder))}
+
+
+def test_nan_frame_is_named_and_earlier_results_survive(tmp_path, capsys, cg_frames,
+                                                        umask022):
+    """A NaN coordinate is an AnalysisError naming the file and the first bad frame (not a
+    silhouette error later, nor silently analysed), exit status 1, no traceback; the
+    results of the earlier run in the same folder stay byte-identical; outputs are 0644."""
+    import numpy as np
+
+    from biojax.cli import main
+    good, bad = tmp_path / "good.npy", tmp_path / "bad.npy"
+    np.save(good, cg_frames)
+    frames = cg_frames.copy()
+    frames[137, 2, 1] = np.nan
+    frames[300, 0, 0] = np.inf
+    np.save(bad, frames)
+    out = tmp_path / "out"
+    assert main(["analyze", _config(tmp_path, [good]), "--out", str(out), "--quiet",
+                 "--set", "output.plots=false"]) == 0
+    before = _snapshot(out)
+    assert set(before) == {"states.csv", "fes.npz", "summary.json"}
+    assert all(_mode(out / name) == 0o644 for name in before)
+    capsys.readouterr()
+    for stride in (1, 2):  # the frame is counted in the file, whatever the stride
+        code = main(["analyze", _config(tmp_path, [good, bad], f"stride = {stride}"), "--out",
+                     str(out), "--overwrite", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert f"{bad} frame 137: coordinates of atom(s) 2 are NaN or infinite" in err, err
+        assert "2 such frame(s)" in err and "Traceback" not in err and "silhouette" not in err
+        assert _snapshot(out) == before
+
+
+def test_nan_feature_is_named(tmp_path, capsys, cg_frames, monkeypatch):
+    """A user feature that returns NaN is caught with the file, frame and feature name."""
+    import numpy as np
+
+    from biojax.cli import main
+    (tmp_path / "nanfeat.py").write_text('''import numpy as np
+from biojax.analysis.pipeline import FeatureTable
+def feature(cfg, traj, fc):
+    v = np.ones((traj.n_frames, 1))
+    v[7] = np.nan
+    return FeatureTable(v, ("ones",), (False,))
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    np.save(tmp_path / "good.npy", cg_frames)
+    cfg = _config(tmp_path, [tmp_path / "good.npy"])
+    with open(cfg) as f:
+        text = f.read().replace('"backbone_dihedrals"', '"nanfeat:feature"')
+    with open(cfg, "w") as f:
+        f.write(text)
+    assert main(["analyze", cfg, "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "good.npy frame 7: feature(s) ones are NaN or infinite" in err, err
+    assert not (tmp_path / "o").exists()  # a failed first run leaves no empty folder
+
+
+def test_output_dir_that_is_a_file_and_existing_results(tmp_path, capsys, cg_frames):
+    import numpy as np
+
+    from biojax.cli import main
+    np.save(tmp_path / "good.npy", cg_frames)
+    cfg = _config(tmp_path, [tmp_path / "good.npy"])
+    taken = tmp_path / "taken"
+    taken.write_text("my notes")
+    assert main(["analyze", cfg, "--out", str(taken), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"{taken} is an existing file, not a folder" in err and "Traceback" not in err
+    assert taken.read_text() == "my notes"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")  # results of an earlier analysis
+    assert main(["analyze", cfg, "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds results (summary.json)" in err and "--overwrite" in err
+    assert (out / "summary.json").read_text() == "{}"
+
+
+def test_second_analysis_into_the_same_folder_is_refused(tmp_path, capsys):
+    """A real ``biojax analyze`` process holds the folder; a second one is refused with a
+    message naming it (pid and command) and the first finishes undisturbed."""
+    import subprocess
+    import sys
+    import time
+
+    from biojax.cli import main
+    from biojax.core.rundir import LOCK_FILE
+    cfg = os.path.join(ROOT, "examples", "ala2_fes", "analyze.toml")
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "biojax.cli", "analyze", cfg, "--out",
+                              str(out), "--quiet"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / LOCK_FILE).exists() and first.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        assert main(["analyze", cfg, "--out", str(out), "--quiet", "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert f"is in use by process {first.pid}" in err and "analyze" in err, err
+        assert "Traceback" not in err
+    finally:
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert (out / "summary.json").exists() and not (out / LOCK_FILE).exists()
+    assert not [p for p in os.listdir(out) if p.startswith(".")]  # no staging left behind
+
+
+def test_timescales_in_ps_when_the_frame_interval_is_given(tmp_path, capsys, cg_frames,
+                                                           monkeypatch):
+    import json
+
+    import numpy as np
+
+    from biojax.analysis import plots
+    from biojax.cli import main
+    fig = plots.timescales_figure([1, 2, 5], [[10.0, np.nan], [11.0, np.nan], [12.0, np.inf]],
+                                  unit="ps")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("lag time (ps)", "implied timescale (ps)")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "process 1", "timescale < lag time (unresolved)"]  # no entry for the empty process
+
+    made = {}
+    real = plots.timescales_figure
+
+    def spy(*args, **kwargs):
+        made["fig"] = real(*args, **kwargs)
+        return made["fig"]
+
+    monkeypatch.setattr(plots, "timescales_figure", spy)
+    np.save(tmp_path / "good.npy", cg_frames)
+    cfg = _config(tmp_path, [tmp_path / "good.npy"], "frame_interval_fs = 500.0\nstride = 2")
+    assert main(["analyze", cfg, "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    ax = made["fig"].axes[0]
+    assert ax.get_xlabel() == "lag time (ps)" and ax.get_ylabel() == "implied timescale (ps)"
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1.0, 2.0, 5.0])  # 2 × 500 fs
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["msm"]["time_unit"] == "ps" and s["msm"]["frame_interval_fs"] == 1000.0
+    np.testing.assert_allclose(s["msm"]["implied_timescales"]["lag_times"], [1, 2, 5])
+    np.testing.assert_allclose(np.array(s["msm"]["timescales"], float),
+                               np.array(s["msm"]["timescales_frames"], float))
+    csv = np.loadtxt(tmp_path / "o" / "states.csv", delimiter=",", skiprows=1)
+    assert csv[:3, 1].tolist() == [0, 2, 4]  # frame numbers in the file
+
+
+def test_fes_plot_has_round_ticks_full_angle_axes_and_units():
+    import numpy as np
+
+    from biojax.analysis import free_energy_surface, plots
+    rng = np.random.default_rng(0)
+    angles = np.stack([rng.vonmises(-1.4, 3.0, 5000), rng.vonmises(2.6, 2.0, 5000)], 1)
+    surface = free_energy_surface(np.degrees(angles), 36, [(-180.0, 180.0)] * 2, 300.0,
+                                  n_bootstrap=0, names=["phi_ALA2", "psi_ALA2"])
+    for unit in ("kJ/mol", "kT"):
+        fig = plots.fes_figure(surface, units=["°", "°"], periodic=[True, True],
+                               energy_unit=unit)
+        ax, cbar = fig.axes
+        assert ax.get_xlabel() == "φ ALA2 (°)" and ax.get_ylabel() == "ψ ALA2 (°)"
+        assert ax.get_xlim() == (-180.0, 180.0) and ax.get_ylim() == (-180.0, 180.0)
+        assert list(ax.get_xticks()) == [-180, -90, 0, 90, 180]
+        ticks = np.asarray(cbar.get_yticks())
+        step = ticks[1] - ticks[0]
+        assert ticks[0] == 0 and step in (0.5, 1, 2, 2.5, 5, 10) and len(ticks) <= 9
+        np.testing.assert_allclose(np.diff(ticks), step)
+        assert cbar.get_ylabel().startswith(f"F ({unit}")
+    fig = plots.projection_figure(rng.normal(size=(50, 2)), rng.integers(0, 3, 50),
+                                  ("PC 1", "PC 2"), unit="Å")
+    assert fig.axes[0].get_xlabel() == "PC 1 (Å)"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "$\\mathdefault{0}$", "$\\mathdefault{1}$", "$\\mathdefault{2}$"]
+    fig = plots.populations_figure([0.5, 0.5], [0.1, 0.1])
+    assert fig.axes[0].get_xlabel() == "state" and "fraction" in fig.axes[0].get_ylabel()

@@ -19,7 +19,9 @@ from biojax.core.errors import ConfigError
 class TrajectoryConfig:
     """paths: trajectory files (ASE-readable, .npy/.npz in Å, DCD/XTC via mdtraj);
     topology: PDB (or ASE-readable) file; stride: keep every n-th frame;
-    frame_interval_fs: time between saved frames (fs) for reporting timescales."""
+    frame_interval_fs: time between consecutive frames of the files in fs (for a biojax
+    simulation: frame_every × timestep_fs); when given, lag times and timescales are also
+    reported, and plotted, in ps or ns (otherwise in frames)."""
 
     paths: tuple[str, ...] = dataclasses.field(metadata={"path": True})
     topology: str | None = dataclasses.field(default=None, metadata={"path": True})
@@ -31,6 +33,9 @@ class TrajectoryConfig:
             raise ValueError("'paths' must list at least one trajectory file")
         if self.stride < 1:
             raise ValueError(f"'stride' must be >= 1, got {self.stride}")
+        if self.frame_interval_fs is not None and not self.frame_interval_fs > 0:
+            raise ValueError(f"'frame_interval_fs' must be > 0 fs, got "
+                             f"{self.frame_interval_fs}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +124,8 @@ class RegionConfig:
 class FESConfig:
     """Free-energy surface on one or two features (raw feature names, a unique prefix
     such as "phi", or "pc1"/"tic2" for reduced coordinates). Angles are shown in
-    ``angle_unit``. ``regions`` report populations and free energies of named basins."""
+    ``angle_unit``; the plot's colour bar in ``energy_unit`` (kJ/mol, kcal/mol or kT).
+    ``regions`` report populations and free energies of named basins."""
 
     features: tuple[str, ...] = ()
     bins: int = 60
@@ -127,13 +133,19 @@ class FESConfig:
     n_blocks: int = 10
     n_bootstrap: int = 200
     angle_unit: Literal["degree", "radian"] = "degree"
+    energy_unit: Literal["kJ/mol", "kcal/mol", "kT"] = "kJ/mol"
     regions: tuple[RegionConfig, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
+    """directory: where the outputs go (checked before work starts, locked while the
+    analysis runs); overwrite: replace the results of an earlier analysis there (otherwise
+    that is an error); plots: write the PNG plots."""
+
     directory: str = dataclasses.field(default="analysis", metadata={"path": True})
     plots: bool = True
+    overwrite: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

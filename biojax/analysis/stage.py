@@ -19,18 +19,21 @@ def load_config(path: str | os.PathLike, overrides=()) -> Config:
     return load(path, overrides)
 
 
-def run(config: Config, workdir: str | os.PathLike | None = None) -> dict:
+def run(config: Config, workdir: str | os.PathLike | None = None,
+        show_progress: bool = True) -> dict:
     """Analyse the trajectories ``config`` names; write to ``workdir`` (default
     ``output.directory``) and return the summary (also written as summary.json)."""
     from biojax.analysis.pipeline import run_analysis
 
-    return run_analysis(config, os.fspath(workdir) if workdir is not None else None)
+    return run_analysis(config, os.fspath(workdir) if workdir is not None else None,
+                        show_progress)
 
 
 def _analyze(args) -> int:
-    cfg = load_config(args.config, cli_overrides(args, {"out": "output.directory"}))
+    cfg = load_config(args.config, cli_overrides(args, {"out": "output.directory",
+                                                         "overwrite": "output.overwrite"}))
     out = cfg.output.directory
-    summary = run(cfg, out)
+    summary = run(cfg, out, show_progress=not args.quiet)
     print(f"analyzed {summary['n_frames']} frames into "
           f"{summary['clustering']['n_states']} states; wrote "
           f"{', '.join(summary['outputs'])} to {out}")
@@ -46,15 +49,21 @@ def _analyze(args) -> int:
 def register(subparsers) -> None:
     """Add the ``analyze`` subcommand to the ``biojax`` parser."""
     p = subparsers.add_parser(
-        "analyze", help="features, clustering, populations, MSM and free energies of "
-                        "trajectories",
-        description="Turn trajectories into conformational states with populations and "
-                    "free energies (writes states.csv, fes.npz, summary.json, PNG plots).")
+        "analyze", help="states, populations, MSM and free energies of trajectories",
+        description="Turn trajectories into conformational states with populations, a "
+                    "Markov state model and free energies (writes states.csv, fes.npz, "
+                    "summary.json and PNG plots). The output directory is checked before "
+                    "any work and locked while the analysis runs; results already in it "
+                    "are only replaced with --overwrite.")
     p.add_argument("config", help="analysis TOML file")
     add_override_option(p, "cluster.k=6")
     p.add_argument("--out", default=None,
                    help="output directory (sets output.directory; default: the config's, "
                         "relative to the config file)")
+    p.add_argument("--overwrite", action="store_const", const=True, default=None,
+                   help="replace the results of an earlier analysis in the output directory "
+                        "(sets output.overwrite)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_analyze)
 
 

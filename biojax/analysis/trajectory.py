@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from biojax.data.io import read_frames
-from biojax.core.errors import DataError
+from biojax.core.errors import AnalysisError, DataError
 from biojax.core.units import NM
 
 _MDTRAJ_SUFFIXES = (".dcd", ".xtc", ".trr", ".nc", ".h5")
@@ -127,7 +127,29 @@ def read_positions(path: str | os.PathLike, topology: str | None = None) -> np.n
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise DataError(f"{path}: expected positions of shape (n_frames, n_atoms, 3), "
                         f"got {arr.shape}")
+    check_finite_positions(arr, path)
     return arr
+
+
+def check_finite_positions(positions: np.ndarray, source: str, chunk: int = 4096) -> None:
+    """Raise AnalysisError naming ``source``, the first frame (counting from 0 in the
+    file) and its atoms whose coordinates are NaN or infinite: such a frame would
+    otherwise surface much later as a misleading clustering or silhouette error."""
+    for start in range(0, positions.shape[0], chunk):  # chunks: memory-mapped files stay lazy
+        good = np.isfinite(np.asarray(positions[start:start + chunk])).all(axis=2)
+        bad_frames = np.flatnonzero(~good.all(axis=1))
+        if bad_frames.size:
+            i = int(bad_frames[0])
+            atoms = np.flatnonzero(~good[i])
+            n_bad = int(bad_frames.size) + sum(
+                int((~np.isfinite(np.asarray(positions[s:s + chunk])).all(axis=(1, 2))).sum())
+                for s in range(start + chunk, positions.shape[0], chunk))
+            shown = ", ".join(map(str, atoms[:10])) + (" ..." if atoms.size > 10 else "")
+            raise AnalysisError(
+                f"{source} frame {start + i}: coordinates of atom(s) {shown} are NaN or "
+                f"infinite ({n_bad} such frame(s) in the file; frames count from 0); the "
+                f"simulation that wrote it probably became unstable: analyse the frames "
+                f"before it (e.g. truncate the file) or fix the run")
 
 
 def load_trajectory(path: str | os.PathLike, topology: str | os.PathLike | None = None,
