@@ -6,6 +6,7 @@ Files in other units are converted when read and the reader says so on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from biojax.core.atomic import atomic_path
-from biojax.core.errors import DataError
+from biojax.core.errors import ConfigError, DataError
 from biojax.core.units import KCAL_PER_MOL
 
 
@@ -105,6 +106,7 @@ def structure_from_atoms(atoms, where: str = "structure") -> Structure:
         raise DataError(f"{where}: malformed label: {exc}") from None
     if forces is not None and forces.shape[0] != len(atoms):
         raise DataError(f"{where}: {forces.shape[0]} force rows for {len(atoms)} atoms")
+    check_finite_labels(where, energy, forces, stress)
     pbc = np.asarray(atoms.get_pbc(), dtype=bool)
     labels, atom_labels = _extra_labels(atoms)
     return Structure(
@@ -118,6 +120,21 @@ def structure_from_atoms(atoms, where: str = "structure") -> Structure:
         labels=labels,
         atom_labels=atom_labels,
     )
+
+
+def check_finite_labels(where: str, energy=None, forces=None, stress=None) -> None:
+    """Raise DataError naming ``where`` (file and frame) if a label is NaN or infinite:
+    such a frame would make training diverge with a misleading message."""
+    if energy is not None and not np.isfinite(energy):
+        raise DataError(f"{where}: energy label is {energy} (not finite); fix or remove "
+                        "this frame")
+    if forces is not None and not np.all(np.isfinite(forces)):
+        atoms = np.flatnonzero(~np.all(np.isfinite(forces), axis=1))
+        raise DataError(f"{where}: force label of atom(s) "
+                        f"{', '.join(map(str, atoms[:10]))}{' ...' if atoms.size > 10 else ''} "
+                        "is NaN or infinite; fix or remove this frame")
+    if stress is not None and not np.all(np.isfinite(stress)):
+        raise DataError(f"{where}: stress label is NaN or infinite; fix or remove this frame")
 
 
 _NOT_LABELS = {"numbers", "positions", "momenta", "masses", "initial_charges",
@@ -196,17 +213,49 @@ def _read_npz(path: str) -> list[Structure]:
         raise DataError(f"{path}: R has shape {R.shape}, expected (frames, {z.shape[0]}, 3)")
     E = np.asarray(data["E"], np.float64).reshape(-1) * KCAL_PER_MOL if "E" in data else None
     F = np.asarray(data["F"], np.float64) * KCAL_PER_MOL if "F" in data else None
+    if E is not None and E.shape[0] != R.shape[0]:
+        raise DataError(f"{path}: E has {E.shape[0]} values for {R.shape[0]} frames of R")
+    if F is not None and F.shape != R.shape:
+        raise DataError(f"{path}: F has shape {F.shape}, expected R's shape {R.shape}")
     print(f"biojax: {path}: energies and forces converted from kcal/mol to eV "
           f"(1 kcal/mol = {KCAL_PER_MOL} eV)", file=sys.stderr)
     out = []
     for i in range(R.shape[0]):
         if not np.all(np.isfinite(R[i])):
             raise DataError(f"{path} frame {i}: coordinates contain NaN or infinite values")
+        check_finite_labels(f"{path} frame {i}", None if E is None else E[i],
+                            None if F is None else F[i])
         out.append(Structure(numbers=z, positions=R[i], cell=np.zeros((3, 3)),
                              pbc=np.zeros(3, bool),
                              energy=None if E is None else float(E[i]),
                              forces=None if F is None else F[i]))
     return out
+
+
+@contextlib.contextmanager
+def os_errors(command: str):
+    """Turn an OSError (disk full, permission denied, a path that cannot be created) into
+    a DataError naming the file, so the CLI reports it in one line."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or "a file"
+        raise DataError(f"{command}: cannot write or read {where}: "
+                        f"{exc.strerror or exc}") from None
+
+
+def check_output(path: str | os.PathLike, what: str = "output file", overwrite: bool = False,
+                 flag: str = "--overwrite") -> None:
+    """``biojax.core.rundir.check_output_file`` for a command with an ``--overwrite``
+    flag: an existing file is refused with a message that names the flag."""
+    from biojax.core.rundir import check_output_file
+
+    path = os.fspath(path)
+    if os.path.isfile(path) and not overwrite:
+        raise ConfigError(f"{what} {path} already exists; pass {flag} to replace it, or "
+                        "choose another name (biojax never overwrites results you did not "
+                        "ask it to)")
+    check_output_file(path, what, overwrite=overwrite)
 
 
 def write_extxyz(structures: Iterable[Structure], path: str | os.PathLike) -> None:
@@ -219,10 +268,15 @@ def write_extxyz(structures: Iterable[Structure], path: str | os.PathLike) -> No
 
 
 def require_labels(structures: Sequence[Structure], path: str, energy: bool, forces: bool,
-                   stress: bool, extra: Sequence[str] = ()) -> None:
+                   stress: bool, extra: Sequence[str] = (),
+                   frame_numbers: Sequence[int] | None = None) -> None:
     """Raise DataError naming the first frame that lacks a label the loss weights
-    (``extra``: names of further per-structure or per-atom labels)."""
-    for i, s in enumerate(structures):
+    (``extra``: names of further per-structure or per-atom labels). ``frame_numbers``:
+    each structure's index in ``path`` (default: its position in ``structures``), so a
+    frame of a shuffled split is reported where the user can find it."""
+    numbers = range(len(structures)) if frame_numbers is None else frame_numbers
+    for i, s in zip(numbers, structures):
+        i = int(i)
         for name in extra:
             if name not in s.labels and name not in s.atom_labels:
                 raise DataError(f"{path} frame {i}: no label {name!r} (a loss term reads it; "
