@@ -22,12 +22,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import numpy as np
 from flax import serialization
 
+from biojax.core.atomic import make_temp_dir
 from biojax.core.errors import ConfigError, ModelError
 from biojax.nn.potential import Potential
 
@@ -62,7 +62,7 @@ def save_potential(potential: Potential, directory: str | os.PathLike,
         **(extra or {}),
     }
     params = jax.tree_util.tree_map(np.asarray, potential.params)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".model-tmp-")
+    tmp = make_temp_dir(parent, prefix=".model-tmp-")  # ordinary permissions, not 0700
     try:
         with open(os.path.join(tmp, _PARAMS_FILE), "wb") as f:
             f.write(serialization.msgpack_serialize(_to_plain(params)))
@@ -84,6 +84,64 @@ def _to_plain(tree):
     if isinstance(tree, dict) or hasattr(tree, "items"):
         return {k: _to_plain(v) for k, v in tree.items()}
     return tree
+
+
+def _flat_shapes(tree) -> dict[str, tuple]:
+    flat = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) or hasattr(node, "items"):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        else:
+            flat[prefix] = tuple(np.shape(node))
+
+    walk(tree, "")
+    return flat
+
+
+def check_params(model, params, num_species: int, directory: str) -> None:
+    """Raise ModelError naming ``directory`` unless ``params`` has exactly the parameter
+    names and shapes that ``model`` (built from the recorded architecture) initialises
+    (models with a Flax-style ``init``; pair potentials have none and are not checked):
+    a potential.json that disagrees with its params.msgpack is caught at load time, not
+    as a shape error deep inside a jitted function."""
+    import jax.numpy as jnp
+
+    from biojax.core.graph import Graph
+
+    if not callable(getattr(model, "init", None)):
+        return  # not a Flax-style model (e.g. a pair potential): nothing to trace
+    graph = Graph(vectors=jnp.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], jnp.float32),
+                  species=jnp.zeros(2, jnp.int32), senders=jnp.array([0, 1], jnp.int32),
+                  receivers=jnp.array([1, 0], jnp.int32), edge_mask=jnp.ones(2, bool),
+                  node_mask=jnp.ones(2, bool))
+    try:
+        expected = jax.eval_shape(model.init, jax.random.PRNGKey(0), graph)
+    except Exception as exc:  # a user model whose init fails on the probe graph
+        raise ModelError(f"{directory}: cannot initialise the recorded architecture to "
+                         f"check its parameters ({type(exc).__name__}: {exc})") from None
+    want, have = _flat_shapes(_to_plain(expected)), _flat_shapes(_to_plain(params))
+    where = f"{directory}: {_META_FILE} and {_PARAMS_FILE} disagree"
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"parameter(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                         "missing from the parameter file")
+        if extra:
+            parts.append(f"unexpected parameter(s) {', '.join(extra[:5])}"
+                         f"{' ...' if len(extra) > 5 else ''}")
+        raise ModelError(f"{where}: {'; '.join(parts)} (the architecture recorded in "
+                         f"{_META_FILE} does not match the saved parameters)")
+    wrong = [k for k in sorted(want) if want[k] != have[k]]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(f"{where}: parameter {k} has shape {have[k]} but the recorded "
+                         f"architecture ({num_species} species) needs {want[k]}"
+                         f"{f' ({len(wrong) - 1} more differ)' if len(wrong) > 1 else ''}; "
+                         f"check the hyperparameters (e.g. features) in {_META_FILE}")
 
 
 def load_potential(directory: str | os.PathLike) -> Potential:
@@ -128,6 +186,7 @@ def load_potential(directory: str | os.PathLike) -> Potential:
     except ConfigError as exc:
         raise ModelError(f"{meta_path}: the recorded model cannot be built: {exc}") from None
     params = jax.tree_util.tree_map(np.asarray, params)  # keep the stored precision
+    check_params(model, params, len(elements), directory)
     return Potential(model=model, params=params, cutoff=cutoff, elements=elements,
                      reference_energies=reference, architecture=architecture, scale=scale,
                      shifts=shifts)
