@@ -23,11 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="biojax", description="A JAX engine for molecular simulation with machine-"
-        "learned potentials: sample reference data, train, simulate, analyze.")
+        "learned potentials: sample reference data, train, simulate, analyze.",
+        epilog="Errors are printed as one line naming the file and field, with exit "
+        "status 1 (no traceback).")
     parser.add_argument("--version", action="version", version=f"biojax {__version__}")
     parser.add_argument("--x64", action="store_true",
                         help="compute in float64 (chosen once, before any JAX work)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", title="commands",
+        help="one of the following; 'biojax COMMAND --help' lists its options")
     stages = registry.load(registry.stages)
     for name in list(_ORDER) + [n for n in stages.names() if n not in _ORDER]:
         if name in _COMMANDS:
