@@ -10,16 +10,15 @@ stress eV/Å³):
   OpenMM's kJ/mol and nm to eV and Å.
 
 :func:`label` evaluates a calculator on a list of structures and returns copies that carry
-the results as ``SinglePointCalculator`` data, ready for ``ase.io.write(format="extxyz")``.
+the results as ``SinglePointCalculator`` data, ready for ``ase.io.write(format="extxyz")``;
+:func:`label_iter` yields them one at a time (``biojax label`` writes each as it comes).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -27,6 +26,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from biojax.core.errors import BiojaxError, ConfigError, DataError
+from biojax.core.progress import progress as progress_bar
 from biojax.core.registry import reference_engines, resolve
 from biojax.core.units import KJ_PER_MOL, NM
 
@@ -305,59 +305,13 @@ def _check_options(name, options, valid):
 
 # --------------------------------------------------------------------------- labelling
 
-class Progress:
-    """A small progress display on stderr: ``what: i/n (rate/s, ETA)``.
-
-    On a terminal it redraws one line; otherwise it prints a line every ~10 %.
-    """
-
-    def __init__(self, total: int, what: str, enabled: bool = True, stream=None):
-        self.total, self.what, self.enabled = int(total), what, enabled
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._last_decile = -1
-
-    def update(self, done: int) -> None:
-        """Report that ``done`` of ``total`` items are finished."""
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        decile = (10 * done) // max(self.total, 1)
-        final = done >= self.total
-        if self.tty:
-            if not final and now - self._last_draw < 0.2:
-                return
-        elif not final and decile == self._last_decile:
-            return
-        self._last_draw, self._last_decile = now, decile
-        elapsed = now - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
-        msg = (f"{self.what}: {done}/{self.total} ({rate:.1f}/s, "
-               f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s)")
-        if self.tty:
-            self.stream.write("\r" + msg + ("\n" if final else ""))
-        else:
-            self.stream.write(msg + "\n")
-        self.stream.flush()
-
-
-def label(atoms_list: Iterable[Atoms], calculator: Calculator, compute_stress: bool = False,
-          progress: bool = True, what: str = "label") -> list[Atoms]:
-    """Label structures with ``calculator``: energy (eV), forces (eV/Å), stress (eV/Å³).
-
-    Returns copies of the input (``info`` and per-atom arrays kept) whose results are
-    stored in a ``SinglePointCalculator``, so ``ase.io.write(..., format="extxyz")``
-    records them and ``ase.io.read`` gives them back. With ``compute_stress`` every
-    structure must be periodic in all three directions (else :class:`DataError`).
-    A calculator failure raises :class:`DataError` naming the frame.
-    """
-    frames = list(atoms_list)
-    bar = Progress(len(frames), what, progress)
-    out = []
-    for i, atoms in enumerate(frames):
+def label_iter(frames: Sequence[Atoms], calculator: Calculator, compute_stress: bool = False,
+               what: str = "label", first: int = 0) -> Iterator[Atoms]:
+    """Label ``frames[first:]`` one at a time (see :func:`label`), yielding each labelled
+    copy as soon as it is computed, so a caller can write it before the next one starts;
+    errors name the frame by its index in ``frames``."""
+    for i in range(first, len(frames)):
+        atoms = frames[i]
         if compute_stress and not atoms.pbc.all():
             raise DataError(f"{what}: frame {i} is not periodic in all directions; "
                             "stress needs a periodic cell (drop compute_stress/--stress)")
@@ -379,6 +333,128 @@ def label(atoms_list: Iterable[Atoms], calculator: Calculator, compute_stress: b
         if stress is not None:
             results["stress"] = stress
         result.calc = SinglePointCalculator(result, **results)
-        out.append(result)
-        bar.update(i + 1)
+        yield result
+
+
+def label(atoms_list: Iterable[Atoms], calculator: Calculator, compute_stress: bool = False,
+          progress: bool = True, what: str = "label") -> list[Atoms]:
+    """Label structures with ``calculator``: energy (eV), forces (eV/Å), stress (eV/Å³).
+
+    Returns copies of the input (``info`` and per-atom arrays kept) whose results are
+    stored in a ``SinglePointCalculator``, so ``ase.io.write(..., format="extxyz")``
+    records them and ``ase.io.read`` gives them back. With ``compute_stress`` every
+    structure must be periodic in all three directions (else :class:`DataError`).
+    A calculator failure raises :class:`DataError` naming the frame. ``progress``: a
+    progress bar on stderr (``biojax.core.progress``).
+    """
+    frames = list(atoms_list)
+    out = []
+    with progress_bar(len(frames), what, progress, unit="frame") as bar:
+        for result in label_iter(frames, calculator, compute_stress, what):
+            out.append(result)
+            bar.update(len(out))
     return out
+
+
+# --------------------------------------------------------------------------- label a file
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _complete_frames(path: str) -> tuple[int, int]:
+    """(number of complete extxyz frames at the start of ``path``, their length in bytes):
+    a frame cut short by a kill is not counted."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    i = count = offset = pos = 0
+    while i < len(lines) - 1:  # lines[-1] is what follows the last newline
+        try:
+            n = int(lines[i].strip())
+        except ValueError:
+            break
+        if n < 0 or i + 2 + n > len(lines) - 1:
+            break
+        pos += sum(len(line) + 1 for line in lines[i:i + 2 + n])
+        i, count, offset = i + 2 + n, count + 1, pos
+    return count, offset
+
+
+def _resume_partial(partial: str, frames: Sequence[Atoms], reference: str) -> int:
+    """Frames already labelled in ``partial`` (a torn last frame is cut off), after
+    checking that they are the first frames of the input, labelled by ``reference``."""
+    import ase.io
+
+    count, offset = _complete_frames(partial)
+    with open(partial, "rb+") as f:
+        f.truncate(offset)
+    if count == 0:
+        return 0
+    try:
+        done = ase.io.read(partial, index=":", format="extxyz")
+    except Exception as exc:
+        raise DataError(f"{partial}: cannot be read to resume from ({type(exc).__name__}: "
+                        f"{exc}); remove it to label from the start") from None
+    if len(done) > len(frames):
+        raise DataError(f"{partial}: holds {len(done)} frames but the input has only "
+                        f"{len(frames)}; it belongs to another input")
+    for i, (a, b) in enumerate(zip(done, frames)):
+        if (len(a) != len(b) or np.any(a.numbers != b.numbers)
+                or not np.allclose(a.positions, b.positions, atol=1e-5)):
+            raise DataError(f"{partial}: frame {i} is not frame {i} of the input; it "
+                            "belongs to another input (remove it to label from the start)")
+        if a.info.get("reference", reference) != reference:
+            raise DataError(f"{partial}: frames were labelled with reference "
+                            f"{a.info['reference']!r}, not {reference!r}")
+    return len(done)
+
+
+def label_file(frames: Sequence[Atoms], out: str | os.PathLike, calculator: Calculator,
+               reference: str, compute_stress: bool = False, resume: bool = False,
+               overwrite: bool = False, progress: bool = True) -> dict:
+    """Label ``frames`` into the extxyz file ``out``, writing each frame as it is done.
+
+    Frames are appended (and flushed) one by one to ``OUT.partial``, which is renamed to
+    ``out`` when all are labelled; a failure or a kill loses no finished frame. A
+    ``OUT.partial`` left by an interrupted run is continued with ``resume`` (its frames
+    must be the first frames of ``frames``; a frame cut short is redone) and refused
+    without it. ``out`` is checked before any work (existing file: only with
+    ``overwrite``). Returns ``{"frames", "resumed_from", "out"}``.
+    """
+    import io
+
+    import ase.io
+
+    from biojax.data.io import check_output
+
+    out = os.fspath(out)
+    partial = out + PARTIAL_SUFFIX
+    check_output(out, "output file", overwrite=overwrite)
+    check_output(partial, "partial output file", overwrite=True)
+    first = 0
+    if os.path.exists(partial):
+        if not resume:
+            n, _ = _complete_frames(partial)
+            raise ConfigError(f"{partial} holds {n} frames labelled by an interrupted run; "
+                              "pass --resume to continue after them, or remove it to start "
+                              "again")
+        first = _resume_partial(partial, frames, reference)
+    what = f"label {reference}"
+    with open(partial, "a") as f, progress_bar(len(frames), what, progress, unit="frame") as bar:
+        bar.update(first)
+        done = first
+        try:
+            for result in label_iter(frames, calculator, compute_stress, what, first):
+                result.info["reference"] = reference
+                text = io.StringIO()
+                ase.io.write(text, result, format="extxyz")
+                f.write(text.getvalue())  # one write per frame
+                f.flush()
+                done += 1
+                bar.update(done)
+        except BiojaxError as exc:
+            f.flush()
+            raise type(exc)(f"{exc}; the {done} frames labelled before it are kept in "
+                            f"{partial} (rerun with --resume to continue after them)") from None
+        os.fsync(f.fileno())
+    os.replace(partial, out)
+    return {"frames": len(frames), "resumed_from": first, "out": out}

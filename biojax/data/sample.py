@@ -44,8 +44,10 @@ from ase import Atoms
 from biojax.core.atomic import atomic_path
 from biojax.core.config import from_dict, load, to_dict
 from biojax.core.units import FS, KJ_PER_MOL, PS
-from biojax.data.reference import (IMPLICIT_SOLVENTS, Progress, _build_pdb, _build_prmtop,
-                                   label, make_calculator)
+from biojax.core.progress import progress as progress_bar
+from biojax.data.io import check_output
+from biojax.data.reference import (IMPLICIT_SOLVENTS, _build_pdb, _build_prmtop, label,
+                                   make_calculator)
 from biojax.core.errors import ConfigError, DataError, SimulationError
 
 RECIPE_KINDS = ("openmm-md", "rattle-strain")
@@ -335,7 +337,7 @@ def _sample_openmm_md(recipe: Recipe, base_dir, progress: bool) -> list[Atoms]:
     jobs = [(run, rep) for run in c.runs for rep in range(run.replicas)]
     counts = _split(recipe.frames, len(jobs))
     rng = np.random.default_rng(recipe.seed)
-    bar = Progress(recipe.frames, "sample openmm-md", progress)
+    bar = progress_bar(recipe.frames, "sample openmm-md", progress, unit="frame")
     serialized = openmm.XmlSerializer.serialize(system)
     frames: list[Atoms] = []
     for (run, rep), n_frames in zip(jobs, counts):
@@ -382,6 +384,7 @@ def _sample_openmm_md(recipe: Recipe, base_dir, progress: bool) -> list[Atoms]:
             frames.append(atoms)
             bar.update(len(frames))
         del context, integrator
+    bar.close()
     return frames
 
 
@@ -403,12 +406,17 @@ def write_extxyz_atomic(frames: list[Atoms], path: str | os.PathLike) -> None:
 
 
 def run_recipe(recipe: Recipe, out: str | os.PathLike, base_dir=None, progress: bool = True,
-               command: str | None = None) -> dict:
+               command: str | None = None, overwrite: bool = True) -> dict:
     """Sample, label and write ``recipe``'s dataset to ``out`` (extxyz, atomic write).
 
     Relative file names in the recipe are resolved against ``base_dir`` (the recipe's
-    folder). Returns a summary: frames, atoms per frame, energy range (eV), seconds spent.
+    folder). ``out`` is checked before any work: a folder or an unwritable location is a
+    ConfigError, and so is an existing file unless ``overwrite`` (this function, like
+    ``open(out, "w")``, replaces it by default; ``biojax sample`` and the stage's
+    ``run`` refuse unless asked). Returns a summary: frames, atoms per frame, energy
+    range (eV), seconds spent.
     """
+    check_output(out, "output file", overwrite=overwrite)
     check_recipe(recipe)
     t0 = time.perf_counter()
     ref = recipe.reference

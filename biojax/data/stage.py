@@ -24,16 +24,19 @@ def load_config(path: str | os.PathLike, overrides=()) -> Config:
 
 
 def run(config: Config, workdir: str | os.PathLike, *, out: str | os.PathLike | None = None,
-        progress: bool = True, command: str | None = None) -> dict:
-    """Sample and label ``config`` into ``out`` (default ``workdir/dataset.extxyz``).
+        progress: bool = True, command: str | None = None, overwrite: bool = False) -> dict:
+    """Sample and label ``config`` into ``out`` (default ``workdir/dataset.extxyz``; an
+    existing file is only replaced with ``overwrite``, checked before any work).
     Returns the summary of :func:`biojax.data.sample.run_recipe` (frames, atoms, energy
     range, seconds, out)."""
+    from biojax.core.rundir import check_output_dir
     from biojax.data.sample import run_recipe
 
     if out is None:
+        check_output_dir(workdir, "sample directory")
         os.makedirs(workdir, exist_ok=True)
         out = os.path.join(workdir, DATASET)
-    return run_recipe(config, out, progress=progress, command=command)
+    return run_recipe(config, out, progress=progress, command=command, overwrite=overwrite)
 
 
 def _sample(args) -> int:
@@ -46,8 +49,12 @@ def _sample(args) -> int:
         words += ["--frames", str(args.frames)]
     if args.seed is not None:
         words += ["--seed", str(args.seed)]
-    summary = run(recipe, os.path.dirname(args.out) or ".", out=args.out,
-                  progress=not args.quiet, command=" ".join(map(shlex.quote, words)))
+    from biojax.data.io import os_errors
+
+    with os_errors("sample"):
+        summary = run(recipe, os.path.dirname(args.out) or ".", out=args.out,
+                      progress=not args.quiet, command=" ".join(map(shlex.quote, words)),
+                      overwrite=args.overwrite)
     print(f"wrote {summary['frames']} frames ({summary['atoms']} atoms each) to {args.out}; "
           f"energy {summary['energy_min']:.4f} .. {summary['energy_max']:.4f} eV; "
           f"{summary['seconds']:.0f} s")
@@ -65,6 +72,7 @@ def register(subparsers) -> None:
     add_override_option(p, "rattle_strain.max_strain=0.05")
     p.add_argument("--frames", type=int, default=None, help="override the recipe's frames")
     p.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_sample)
 
@@ -88,19 +96,21 @@ def _parse_option(text: str):
 
 
 def _label(args) -> int:
-    from biojax.data.io import read_frames
-    from biojax.data.reference import label, make_calculator
-    from biojax.data.sample import write_extxyz_atomic
+    from biojax.data.io import check_output, os_errors, read_frames
+    from biojax.data.reference import label_file, make_calculator
 
+    # the output is checked before the input is read and the engine is set up
+    check_output(args.output, "output file", overwrite=args.overwrite)
     options = dict(_parse_option(o) for o in args.option)
     calc = make_calculator(args.reference, base_dir=os.getcwd(), **options)
     frames = read_frames(args.input)
-    out = label(frames, calc, compute_stress=args.stress, progress=not args.quiet,
-                what=f"label {args.reference}")
-    for atoms in out:
-        atoms.info["reference"] = args.reference
-    write_extxyz_atomic(out, args.output)
-    print(f"wrote {len(out)} labelled frames to {args.output}")
+    with os_errors("label"):
+        summary = label_file(frames, args.output, calc, args.reference,
+                             compute_stress=args.stress, resume=args.resume,
+                             overwrite=args.overwrite, progress=not args.quiet)
+    resumed = (f" ({summary['resumed_from']} of them by an earlier run)"
+               if summary["resumed_from"] else "")
+    print(f"wrote {summary['frames']} labelled frames to {args.output}{resumed}")
     return 0
 
 
@@ -109,7 +119,10 @@ def register_label(subparsers) -> None:
     q = subparsers.add_parser(
         "label", help="label structures with a reference calculator",
         description="Compute energy (eV), forces (eV/Å) and optionally stress (eV/Å³) for "
-                    "every structure in INPUT (any ASE-readable file) and write extxyz.")
+                    "every structure in INPUT (any ASE-readable file) and write extxyz. "
+                    "Frames are appended to OUTPUT.partial as they are labelled and it is "
+                    "renamed to OUTPUT at the end; after a failure or a kill, --resume "
+                    "continues after the frames it holds.")
     q.add_argument("input", help="input structures (any format ase.io.read understands)")
     q.add_argument("output", help="output .extxyz file")
     q.add_argument("--reference", required=True, help="gfn2-xtb, emt or openmm")
@@ -117,6 +130,10 @@ def register_label(subparsers) -> None:
                    help="calculator option, e.g. prmtop=FILE or forcefield=a.xml,b.xml "
                         "(repeatable)")
     q.add_argument("--stress", action="store_true", help="also compute stress (periodic)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    q.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep the frames in OUTPUT.partial and "
+                        "label the rest")
     q.add_argument("--quiet", action="store_true", help="no progress display")
     q.set_defaults(func=_label)
 
