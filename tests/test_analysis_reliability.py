@@ -172,8 +172,9 @@ def test_second_analysis_into_the_same_folder_is_refused(tmp_path, capsys):
     cfg = os.path.join(ROOT, "examples", "ala2_fes", "analyze.toml")
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "biojax.cli", "analyze", cfg, "--out",
-                              str(out), "--quiet"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                              str(out), "--quiet", "--set", "output.plots=false", "--set",
+                              "cluster.n_init=2", "--set", "fes.n_bootstrap=20"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not (out / LOCK_FILE).exists() and first.poll() is None:
@@ -214,18 +215,16 @@ def test_timescales_in_ps_when_the_frame_interval_is_given(tmp_path, capsys, cg_
 
     monkeypatch.setattr(plots, "timescales_figure", spy)
     np.save(tmp_path / "good.npy", cg_frames)
-    cfg = _config(tmp_path, [tmp_path / "good.npy"], "frame_interval_fs = 500.0\nstride = 2")
+    cfg = _config(tmp_path, [tmp_path / "good.npy"], "frame_interval_fs = 1000.0")
     assert main(["analyze", cfg, "--out", str(tmp_path / "o"), "--quiet"]) == 0
     ax = made["fig"].axes[0]
     assert ax.get_xlabel() == "lag time (ps)" and ax.get_ylabel() == "implied timescale (ps)"
-    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1.0, 2.0, 5.0])  # 2 × 500 fs
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1.0, 2.0, 5.0])  # lags × 1 ps
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["msm"]["time_unit"] == "ps" and s["msm"]["frame_interval_fs"] == 1000.0
     np.testing.assert_allclose(s["msm"]["implied_timescales"]["lag_times"], [1, 2, 5])
     np.testing.assert_allclose(np.array(s["msm"]["timescales"], float),
                                np.array(s["msm"]["timescales_frames"], float))
-    csv = np.loadtxt(tmp_path / "o" / "states.csv", delimiter=",", skiprows=1)
-    assert csv[:3, 1].tolist() == [0, 2, 4]  # frame numbers in the file
 
 
 def test_fes_plot_has_round_ticks_full_angle_axes_and_units():
@@ -255,3 +254,121 @@ def test_fes_plot_has_round_ticks_full_angle_axes_and_units():
         "$\\mathdefault{0}$", "$\\mathdefault{1}$", "$\\mathdefault{2}$"]
     fig = plots.populations_figure([0.5, 0.5], [0.1, 0.1])
     assert fig.axes[0].get_xlabel() == "state" and "fraction" in fig.axes[0].get_ylabel()
+
+
+# ------------------------------------------------- all-atom example: simulate → analyze
+ALA2_PDB = os.path.join(ROOT, "examples", "data", "alanine-dipeptide-gbsa",
+                        "alanine-dipeptide.pdb")
+ALA2_XYZ = os.path.join(ROOT, "examples", "md", "alanine_dipeptide.extxyz")
+
+
+def test_shipped_pdb_describes_the_md_start_structure():
+    """examples/ala2_md/analyze.toml takes atom names from openmmtools' PDB: same elements
+    in the same order as the simulation's start, and the same geometry up to a shift."""
+    import ase.io
+    import numpy as np
+    from openmm import app, unit
+
+    from biojax.analysis import backbone_dihedrals, read_topology
+    start = ase.io.read(ALA2_XYZ)
+    top = read_topology(ALA2_PDB)
+    assert list(top.elements) == start.get_chemical_symbols()
+    pdb = app.PDBFile(ALA2_PDB).getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+    shift = start.positions - pdb
+    np.testing.assert_allclose(shift, shift[0] + 0 * shift, atol=1e-3)
+    quads, names = backbone_dihedrals(top, ["phi", "psi"])
+    assert quads.tolist() == [[4, 6, 8, 14], [6, 8, 14, 16]] and names == ["phi_ALA2",
+                                                                           "psi_ALA2"]
+
+
+@pytest.mark.slow  # 20-35 s on 2 cores: a real simulation (compilation) then the analysis
+def test_simulate_then_analyze_all_atom_alanine_dipeptide(tmp_path, capsys):
+    """The MD example on the shipped PaiNN (2 replicas, 200 steps) and then the analysis
+    example on what it wrote: φ/ψ of every frame as computed from the atom indices, the
+    extended start stays in the β basin, times in ps."""
+    import json
+
+    import ase.io
+    import numpy as np
+
+    from biojax.analysis import dihedrals
+    from biojax.cli import main
+    run = tmp_path / "run"
+    assert main(["simulate", os.path.join(ROOT, "examples", "md", "alanine_dipeptide.toml"),
+                 "--model", os.path.join(ROOT, "examples", "models", "ala2_painn"),
+                 "--replicas", "2", "--steps", "200", "--out", str(run),
+                 "--set", "frame_every=10", "--set", "chunk_steps=100"]) == 0
+    out = tmp_path / "analysis"
+    assert main(["analyze", os.path.join(ROOT, "examples", "ala2_md", "analyze.toml"),
+                 "--set", f'trajectory.paths=["{run}/replica_*/trajectory.extxyz"]',
+                 "--set", "trajectory.frame_interval_fs=5.0",  # 10 steps × 0.5 fs
+                 "--set", "trajectory.stride=2",
+                 "--out", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["trajectories"] == [str(run / f"replica_{i:03d}" / "trajectory.extxyz")
+                                 for i in range(2)]
+    assert s["frames_per_trajectory"] == [11, 11] and s["n_atoms"] == 22
+    assert s["features"] == ["phi_ALA2", "psi_ALA2"] and s["msm"]["time_unit"] == "ps"
+    assert s["msm"]["frame_interval_fs"] == 10.0  # stride 2 × 5 fs
+    np.testing.assert_allclose(s["msm"]["implied_timescales"]["lag_times"],
+                               [0.01, 0.02, 0.05, 0.1])
+    regions = {r["name"]: r["population"] for r in s["regions"]}
+    assert regions["beta_C5_PII"] > 0.9
+    csv = np.loadtxt(out / "states.csv", delimiter=",", skiprows=1)
+    frames = ase.io.read(run / "replica_001" / "trajectory.extxyz", "::2")
+    ref = np.degrees(np.asarray(dihedrals(np.stack([a.positions for a in frames]),
+                                          [[4, 6, 8, 14], [6, 8, 14, 16]])))
+    mine = csv[csv[:, 0] == 1][:, 3:5]
+    assert csv[csv[:, 0] == 1][:3, 1].tolist() == [0, 2, 4]  # frame numbers in the file
+    diff = (mine - ref + 180.0) % 360.0 - 180.0
+    assert np.abs(diff).max() < 1e-3
+    for name in ("fes.png", "populations.png", "projection.png", "timescales.png"):
+        assert (out / name).stat().st_size > 0
+
+
+# ------------------------------------------------------------------ biojax --help
+def _subparsers(parser):
+    import argparse
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action
+
+
+def test_help_is_complete_and_one_line_per_command(capsys, monkeypatch):
+    """At 80 columns: the top-level help describes each command on one line, and every
+    argument of every command has a help text (nothing blank, nothing cut off)."""
+    import argparse
+
+    from biojax.cli import build_parser, main
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    commands = _subparsers(parser)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80
+    for choice in commands._choices_actions:
+        (line,) = [ln for ln in lines if ln.startswith(f"    {choice.dest} ")]
+        assert line.split(maxsplit=1)[1] == choice.help, line  # the whole text, one line
+    missing = []
+    for name, sub in commands.choices.items():
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert sub.description and " ".join(sub.description.split())[:40] in " ".join(
+            text.split())
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"biojax {name} {'/'.join(action.option_strings) or action.dest}")
+            elif action.help.rstrip()[-1] in "(,;:-":
+                missing.append(f"biojax {name} {action.dest}: ends in {action.help[-1]!r}")
+    # the analysis command and the top level are this file's; the others' owners were
+    # told (simulate --steps/--replicas, evaluate --batch-size had none): until they add
+    # them this reports an expected failure that lists what is missing
+    mine = [m for m in missing if m.split()[1] == "analyze"]
+    assert not mine, f"arguments without a (complete) help text: {mine}"
+    if missing:
+        pytest.xfail(f"arguments without a (complete) help text: {missing}")
