@@ -57,7 +57,7 @@ def register(subparsers) -> None:
                     "are only replaced with --overwrite.")
     p.add_argument("config", help="analysis TOML file")
     add_override_option(p, "cluster.k=6")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (sets output.directory; default: the config's, "
                         "relative to the config file)")
     p.add_argument("--overwrite", action="store_const", const=True, default=None,
