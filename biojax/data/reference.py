@@ -382,15 +382,17 @@ def _complete_frames(path: str) -> tuple[int, int]:
 def _resume_partial(partial: str, frames: Sequence[Atoms], reference: str) -> int:
     """Frames already labelled in ``partial`` (a torn last frame is cut off), after
     checking that they are the first frames of the input, labelled by ``reference``."""
+    import io
+
     import ase.io
 
     count, offset = _complete_frames(partial)
-    with open(partial, "rb+") as f:
-        f.truncate(offset)
-    if count == 0:
-        return 0
+    done = []
     try:
-        done = ase.io.read(partial, index=":", format="extxyz")
+        if count:
+            with open(partial, "rb") as f:
+                text = f.read(offset).decode()
+            done = ase.io.read(io.StringIO(text), index=":", format="extxyz")
     except Exception as exc:
         raise DataError(f"{partial}: cannot be read to resume from ({type(exc).__name__}: "
                         f"{exc}); remove it to label from the start") from None
@@ -405,6 +407,8 @@ def _resume_partial(partial: str, frames: Sequence[Atoms], reference: str) -> in
         if a.info.get("reference", reference) != reference:
             raise DataError(f"{partial}: frames were labelled with reference "
                             f"{a.info['reference']!r}, not {reference!r}")
+    with open(partial, "rb+") as f:  # checked: drop a frame cut short, it is redone
+        f.truncate(offset)
     return len(done)
 
 
