@@ -22,18 +22,22 @@ class DataConfig:
     isolated_atoms: str = dataclasses.field(  # empty: reference energies by least squares
         default="", metadata={"path": True})
     n_train: int = 0  # 0: all remaining frames
-    n_valid: float = 0.1
-    n_test: float = 0.0
+    n_valid: float = 0.1  # held out of train_file unless valid_file is given
+    # frames of train_file held out as the test set; None (not given): none. Only a
+    # value given explicitly takes test frames out of train_file, also when valid_file
+    # is given; with test_file it is ignored
+    n_test: float | None = None
     seed: int = 0
 
     def __post_init__(self):
-        if self.n_valid < 0 or self.n_test < 0 or self.n_train < 0:
+        if self.n_valid < 0 or (self.n_test or 0) < 0 or self.n_train < 0:
             raise ValueError("n_train, n_valid and n_test must be ≥ 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    """Optimiser, loss and stopping. Learning rate is the peak of a warm-up/cosine schedule."""
+    """Optimiser, loss and stopping. ``learning_rate`` is the peak reached after a linear
+    warm-up; ``schedule`` says how it falls from there."""
 
     epochs: int = 100
     batch_size: int = 8
@@ -50,15 +54,30 @@ class TrainingConfig:
     loss: tuple[dict, ...] = ()
     patience: int = 30  # epochs without validation improvement before stopping
     max_minutes: float = 0.0  # wall-clock budget for training; 0: none
+    # learning-rate schedule after the warm-up (see biojax.train.schedule):
+    #   "cosine": cosine decay to final_learning_rate_fraction over `epochs`
+    #   "plateau": multiply by plateau_factor after plateau_patience epochs without a
+    #              better validation loss, down to final_learning_rate_fraction
+    #   "time": cosine decay over the elapsed fraction of max_minutes (not reproducible)
+    #   "auto": "plateau" with a max_minutes budget, else "cosine"
+    schedule: Literal["auto", "cosine", "plateau", "time"] = "auto"
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
     seed: int = 0
     precision: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "plateau_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError("plateau_factor must be in (0, 1)")
+        if not 0 < self.final_learning_rate_fraction <= 1:
+            raise ValueError("final_learning_rate_fraction must be in (0, 1]")
+        if self.schedule == "time" and not self.max_minutes:
+            raise ValueError('schedule = "time" needs a max_minutes budget')
         if min(self.energy_weight, self.forces_weight, self.stress_weight) < 0:
             raise ValueError("loss weights must be ≥ 0")
         if not 0 <= self.ema_decay < 1:

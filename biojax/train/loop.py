@@ -1,17 +1,22 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Pure jitted step functions over an explicit TrainState; AdamW with warm-up and cosine
-decay, gradient clipping, an exponential moving average (EMA) of the parameters that is
-what gets validated and saved, early stopping and a wall-clock budget. A checkpoint is
-written atomically after every epoch; ``resume=True`` restores it and continues with the
-same numbers an uninterrupted run would give (the shuffle of epoch k depends only on the
-seed and k).
+Pure jitted step functions over an explicit TrainState; Adam with decoupled weight decay,
+gradient clipping and a host-side learning-rate schedule (``biojax.train.schedule``), an
+exponential moving average (EMA) of the parameters that is what gets validated and saved,
+early stopping and a wall-clock budget. The run directory is locked while a run writes to
+it (``biojax.core.rundir.RunLock``). A checkpoint is written atomically after every
+epoch; ``resume=True`` restores it and continues with the same numbers an uninterrupted
+run would give (the shuffle of epoch k depends only on the seed and k). Only
+``RESUMABLE_KEYS`` may differ from the checkpoint's configuration.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -23,19 +28,35 @@ from flax import serialization
 
 from biojax.core.atomic import atomic_write_bytes, atomic_write_text
 from biojax.core.config import to_dict
+from biojax.core.errors import ConfigError, DataError
+from biojax.core.precision import require_x64
+from biojax.core.progress import progress as progress_bar
+from biojax.core.rundir import RunLock
 from biojax.data.graphs import GraphDataset
 from biojax.data.io import (Structure, elements_of, read_dataset, reference_energies_for,
                             require_labels, split_indices)
-from biojax.core.errors import ConfigError, DataError
 from biojax.nn.io import save_potential
 from biojax.nn.models import init_potential
 from biojax.nn.potential import Potential
-from biojax.core.precision import require_x64
+from biojax.train import schedule as lr_schedule
 from biojax.train.config import TrainConfig
 from biojax.train.losses import ErrorAccumulator, Loss, accumulate, predict
 
 CHECKPOINT_FILE = "checkpoint.msgpack"
 METRICS_LOG = "metrics.jsonl"
+METRICS_FILE = "metrics.json"
+MODEL_DIR = "model"
+#: config keys that may differ between a checkpoint and ``--resume``: they only decide
+#: when training stops (the learning-rate schedule follows a new ``epochs``, see
+#: biojax.train.schedule)
+RESUMABLE_KEYS = ("training.epochs", "training.max_minutes", "training.patience")
+#: these may differ too, as long as the training and validation frames stay the same
+#: (checked by content): they only choose the test set evaluated at the end
+RESUMABLE_IF_SAME_DATA = ("data.test_file", "data.n_test")
+#: litter a killed run can leave in its directory (removed when a run takes the lock)
+_LITTER = (".checkpoint.*.tmp.msgpack", ".metrics.*.tmp.json", ".metrics.*.tmp.jsonl",
+           ".training_curves.*.tmp.png", ".force_parity.*.tmp.png", ".model-tmp-*",
+           "model.old-*")
 
 
 class TrainState(NamedTuple):
@@ -46,28 +67,26 @@ class TrainState(NamedTuple):
 
 
 # ---------------------------------------------------------------- pure pieces
-def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Clip by global norm, then AdamW on a linear warm-up + cosine decay schedule."""
-    total = max(cfg.epochs * steps_per_epoch, 2)
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=cfg.learning_rate * 0.01, peak_value=cfg.learning_rate,
-        warmup_steps=max(warmup, 1), decay_steps=total,
-        end_value=cfg.learning_rate * cfg.final_learning_rate_fraction)
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                       optax.adamw(schedule, weight_decay=cfg.weight_decay))
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """Clip by global norm, then Adam with decoupled weight decay; the step multiplies
+    by minus the learning rate it is given (``biojax.train.schedule``), as
+    ``optax.adamw`` would with a schedule."""
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.scale_by_adam(),
+                       optax.add_decayed_weights(cfg.weight_decay))
 
 
 def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float) -> Callable:
-    """jit(state, batch) -> (state, loss): one optimiser step and an EMA update."""
+    """jit(state, batch, learning_rate) -> (state, loss): one optimiser step and an EMA
+    update."""
 
     def loss_fn(params, batch):
         return loss.value(predict(potential, params, batch, loss.needs_stress), batch)
 
     @jax.jit
-    def step(state: TrainState, batch):
+    def step(state: TrainState, batch, learning_rate):
         value, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree_util.tree_map(lambda u: -learning_rate * u, updates)
         params = optax.apply_updates(state.params, updates)
         # EMA with a short warm-up so early averages are not dominated by the random init
         decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
@@ -92,19 +111,41 @@ def make_predict_fn(potential: Potential, compute_stress: bool,
 
 
 def evaluate_dataset(dataset: GraphDataset, params, predict_fn: Callable,
-                     batch_size: int, loss: Loss | None = None):
+                     batch_size: int, loss: Loss | None = None,
+                     accumulator: ErrorAccumulator | None = None,
+                     on_batch: Callable[[int], None] | None = None):
     """Energy/force(/stress) MAE and RMSE (meV, meV/atom, meV/Å) of ``params`` on a
     dataset; with ``loss`` (and a ``predict_fn`` made with it), ``(metrics, loss value)``
-    where the loss is the training loss over the whole set."""
-    acc, sums = ErrorAccumulator(), {}
-    for batch in dataset.batches(batch_size):
+    where the loss is the training loss over the whole set. ``accumulator``: add to this
+    one (metrics over several datasets); ``on_batch(n)``: called with the number of
+    structures of each batch done (progress)."""
+    acc, sums = accumulator if accumulator is not None else ErrorAccumulator(), {}
+    order = np.arange(len(dataset))
+    for start, batch in zip(range(0, len(dataset), batch_size),
+                            dataset.batches(batch_size, order)):
         pred = predict_fn(params, batch)
         acc.add(batch, pred)
         if loss is not None:
             accumulate(sums, jax.device_get(pred["loss_parts"]))
+        if on_batch is not None:
+            on_batch(min(batch_size, len(dataset) - start))
     if loss is None:
         return acc.metrics()
     return acc.metrics(), loss.from_sums(sums)
+
+
+def force_pairs(dataset: GraphDataset, params, predict_fn: Callable, batch_size: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, predicted) force components (eV/Å) of every labelled atom."""
+    ref, pred_all = [], []
+    for batch in dataset.batches(batch_size):
+        pred = np.asarray(predict_fn(params, batch)["forces"], np.float64)
+        n = batch.node_mask & batch.has_forces
+        ref.append(np.asarray(batch.forces, np.float64)[n].reshape(-1))
+        pred_all.append(pred[n].reshape(-1))
+    if not ref:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(ref), np.concatenate(pred_all)
 
 
 def per_species_scale_shift(structures: list[Structure], species_of, reference_energy_of,
@@ -126,18 +167,30 @@ def per_species_scale_shift(structures: list[Structure], species_of, reference_e
 
 
 # ---------------------------------------------------------------- data
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
 def load_splits(config: TrainConfig, log=print, loss: Loss | None = None
                 ) -> dict[str, list[Structure]]:
     """Train/validation/test structures as the [data] table asks (files or seeded splits);
-    every structure must carry the labels the loss terms weight."""
+    every structure must carry the labels the loss terms weight (a frame that lacks one
+    is named by its index in its file). Logs exactly which frames of which file each set
+    holds.
+
+    With ``valid_file`` the validation set is that file and ``n_valid`` is not used;
+    ``n_test`` frames of ``train_file`` are held out only when ``n_test`` is given (and
+    no ``test_file``), so with a validation file and no test file every training frame
+    is trained on."""
     d = config.data
     loss = config.training.make_loss() if loss is None else loss
     if not d.train_file:
         raise ConfigError("[data] train_file is required (or pass --train-file)")
     frames = read_dataset(d.train_file)
     n_valid = 0 if d.valid_file else d.n_valid
-    n_test = 0 if d.test_file else d.n_test
+    n_test = 0 if d.test_file or d.n_test is None else d.n_test
     train_idx, valid_idx, test_idx = split_indices(len(frames), n_valid, n_test, d.seed)
+    n_split = len(train_idx)
     if d.n_train:
         if d.n_train > len(train_idx):
             raise DataError(f"{d.train_file}: n_train = {d.n_train} but only "
@@ -148,17 +201,47 @@ def load_splits(config: TrainConfig, log=print, loss: Loss | None = None
         "valid": read_dataset(d.valid_file) if d.valid_file else [frames[i] for i in valid_idx],
         "test": read_dataset(d.test_file) if d.test_file else [frames[i] for i in test_idx],
     }
+    files = {"train": d.train_file, "valid": d.valid_file or d.train_file,
+             "test": d.test_file or d.train_file}
+    numbers = {"train": train_idx, "valid": None if d.valid_file else valid_idx,
+               "test": None if d.test_file else test_idx}
     weighted = {term.name for term in loss.terms if term.weight > 0}
     for name, structures in splits.items():
-        path = {"train": d.train_file, "valid": d.valid_file or d.train_file,
-                "test": d.test_file or d.train_file}[name]
-        require_labels(structures, path, "energy" in weighted, "forces" in weighted,
-                       "stress" in weighted, loss.labels)
+        require_labels(structures, files[name], "energy" in weighted, "forces" in weighted,
+                       "stress" in weighted, loss.labels, frame_numbers=numbers[name])
     if not splits["valid"]:
         raise DataError("the validation set is empty: set [data] n_valid > 0 or valid_file")
-    log(f"data: {len(splits['train'])} train, {len(splits['valid'])} validation, "
-        f"{len(splits['test'])} test structures")
+    # say exactly what is used
+    held = []
+    if len(valid_idx):
+        held.append(f"{len(valid_idx)} for validation (n_valid = {_num(d.n_valid)})")
+    if len(test_idx):
+        held.append(f"{len(test_idx)} for test (n_test = {_num(d.n_test)})")
+    if d.n_train and d.n_train < n_split:
+        held.append(f"{n_split - d.n_train} unused (n_train = {d.n_train})")
+    log(f"data: {len(splits['train'])} training frames of {d.train_file} "
+        f"({len(frames)} frames" + (f"; held out: {', '.join(held)})" if held else "; all used)"))
+    log(f"data: {len(splits['valid'])} validation frames "
+        + (f"from {d.valid_file}" if d.valid_file else f"split from {d.train_file} (seed {d.seed})"))
+    if d.test_file:
+        log(f"data: {len(splits['test'])} test frames from {d.test_file}")
+    elif len(test_idx):
+        log(f"data: {len(splits['test'])} test frames split from {d.train_file} (seed {d.seed})")
+    else:
+        log("data: no test set (give test_file, or n_test to hold out frames of train_file)")
     return splits
+
+
+def fingerprint(structures: list[Structure]) -> str:
+    """A content hash of structures (species, positions, cell, labels): a resumed run
+    must train and validate on the same frames."""
+    h = hashlib.sha256()
+    for s in structures:
+        for a in (s.numbers, s.positions, s.cell, s.pbc):
+            h.update(np.ascontiguousarray(a).tobytes())
+        for a in (s.energy, s.forces, s.stress):
+            h.update(b"-" if a is None else np.ascontiguousarray(np.float64(a)).tobytes())
+    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -169,21 +252,102 @@ def _save_checkpoint(path: str, state: TrainState, progress: dict, best_params) 
     atomic_write_bytes(path, serialization.msgpack_serialize(payload))
 
 
-def _load_checkpoint(path: str, template_state: TrainState):
-    with open(path, "rb") as f:
-        payload = serialization.msgpack_restore(f.read())
-    state = serialization.from_state_dict(template_state, payload["state"])
-    best = serialization.from_state_dict(template_state.params, payload["best_params"])
-    return state, best, json.loads(payload["progress"])
+def _corrupt(path: str, workdir: str, exc: Exception) -> DataError:
+    best = os.path.join(workdir, MODEL_DIR)
+    kept = f"; the best model so far is kept in {best}" if os.path.isdir(best) else ""
+    return DataError(f"{path}: cannot be read ({type(exc).__name__}: {exc}): the checkpoint "
+                     f"is truncated or corrupt, so --resume cannot continue this run{kept}. "
+                     "Start a new run with another --out")
+
+
+def _read_checkpoint(path: str, workdir: str) -> dict:
+    """The raw checkpoint payload, its progress record decoded; DataError if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            payload = serialization.msgpack_restore(f.read())
+        payload["progress"] = json.loads(payload["progress"])
+        payload["state"], payload["best_params"], payload["progress"]["config"]
+    except Exception as exc:  # msgpack, JSON, missing keys: all mean the file is bad
+        raise _corrupt(path, workdir, exc) from None
+    missing = [k for k in ("epoch", "best_loss", "schedule", "data")
+               if k not in payload["progress"]]
+    if missing:
+        raise DataError(f"{path}: written by another version of biojax (no "
+                        f"{', '.join(missing)} record), so --resume cannot continue this "
+                        "run; start a new run with another --out")
+    return payload
+
+
+def _restore(payload: dict, template_state: TrainState, path: str, workdir: str):
+    try:
+        state = serialization.from_state_dict(template_state, payload["state"])
+        best = serialization.from_state_dict(template_state.params, payload["best_params"])
+        shapes = jax.tree_util.tree_map(np.shape, (template_state, template_state.params))
+        if jax.tree_util.tree_map(np.shape, (state, best)) != shapes:
+            raise ValueError("parameter shapes differ from the configured model")
+    except Exception as exc:
+        raise _corrupt(path, workdir, exc) from None
+    return state, best
+
+
+def _flatten(tree: dict) -> dict:
+    """``{"training": {"epochs": 5}}`` → ``{"training.epochs": 5}`` (one level: a model
+    hyperparameter or the loss list is compared as a whole value)."""
+    out = {}
+    for section, table in tree.items():
+        if isinstance(table, dict):
+            out.update({f"{section}.{k}": v for k, v in table.items()})
+        else:
+            out[section] = table
+    return out
+
+
+def config_differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (old value, new value)}`` for every setting that differs
+    (an absent key counts as None)."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _check_resume_config(old: dict, new: dict, path: str) -> dict:
+    """Raise ConfigError naming each setting that differs from the checkpoint's and may
+    not change; returns the differences that are allowed."""
+    diff = config_differences(old, new)
+    refused = {k: v for k, v in diff.items()
+               if k not in RESUMABLE_KEYS + RESUMABLE_IF_SAME_DATA}
+    if refused:
+        what = "; ".join(f"{k} was {json.dumps(a)}, now {json.dumps(b)}"
+                         for k, (a, b) in refused.items())
+        raise ConfigError(f"cannot resume: {what} ({path} was written with the old value; "
+                          f"only {', '.join(RESUMABLE_KEYS)} may change on --resume. Restore "
+                          "the setting, or start a new run with another --out)")
+    return diff
 
 
 def _truncate_log(path: str, last_epoch: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from."""
+    """Drop metric lines written after the checkpoint we resume from (and a line cut
+    short by a kill)."""
     if not os.path.exists(path):
         return
+    keep = []
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("epoch", 0) <= last_epoch]
-    atomic_write_text(path, "".join(lines))
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill: it is recomputed
+            if line.endswith("\n") and record.get("epoch", 0) <= last_epoch:
+                keep.append(line)
+    atomic_write_text(path, "".join(keep))
+
+
+def _remove_litter(workdir: str) -> None:
+    for pattern in _LITTER:
+        for path in glob.glob(os.path.join(glob.escape(workdir), pattern)):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
 
 
 def _summary(metrics: dict, label: str) -> str:
@@ -193,28 +357,72 @@ def _summary(metrics: dict, label: str) -> str:
             f"force MAE {metrics.get('forces_mae', nan):.2f} meV/Å")
 
 
+def _read_log(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 # ---------------------------------------------------------------- the loop
 def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
-                       log: Callable[[str], None] = print) -> dict:
+                       log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """Train a potential as ``config`` says; write ``workdir/model/``, ``metrics.json``,
-    ``metrics.jsonl`` and ``checkpoint.msgpack``. Returns the final metrics."""
+    ``metrics.jsonl``, ``checkpoint.msgpack`` and the plots ``training_curves.png`` and
+    ``force_parity.png``. Returns the final metrics. ``progress``: a progress bar on
+    stderr (``biojax.core.progress``).
+
+    The directory is locked for the run (a second run there is refused naming this
+    one). Without ``resume``, a directory that already holds a run is refused; with it,
+    the run continues from its checkpoint (or starts, when a kill came before the first
+    one), and only ``RESUMABLE_KEYS`` may differ from the checkpoint's configuration."""
+    with RunLock(workdir, "training run"):
+        return _train(config, workdir, resume, log, progress)
+
+
+def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: bool) -> dict:
     t = config.training
-    os.makedirs(workdir, exist_ok=True)
     ckpt_path = os.path.join(workdir, CHECKPOINT_FILE)
     log_path = os.path.join(workdir, METRICS_LOG)
-    config_json = json.dumps(to_dict(config), sort_keys=True)
-    if os.path.exists(ckpt_path) and not resume:
-        raise ConfigError(f"{workdir} already holds a training run; pass --resume to "
-                          "continue it or choose another --out")
-    if resume and not os.path.exists(ckpt_path):
-        log(f"no checkpoint in {workdir}; starting a new run")
-        resume = False
+    model_dir = os.path.join(workdir, MODEL_DIR)
+    _remove_litter(workdir)
+    config_dict = to_dict(config)
+    config_json = json.dumps(config_dict, sort_keys=True)
+    has_ckpt = os.path.exists(ckpt_path)
+    results_there = [n for n in (CHECKPOINT_FILE, METRICS_FILE, METRICS_LOG, MODEL_DIR)
+                     if os.path.exists(os.path.join(workdir, n))]
+    if results_there and not resume:
+        raise ConfigError(f"{workdir} already holds a training run ({', '.join(results_there)}); "
+                          "pass --resume to continue it or choose another --out")
+    payload = None
+    if resume and has_ckpt:
+        payload = _read_checkpoint(ckpt_path, workdir)
+        allowed = _check_resume_config(json.loads(payload["progress"]["config"]),
+                                       config_dict, ckpt_path)
+    elif resume:
+        finished = [n for n in (METRICS_FILE, MODEL_DIR) if os.path.exists(os.path.join(workdir, n))]
+        if finished:
+            raise ConfigError(f"{workdir} holds results ({', '.join(finished)}) but no "
+                              f"{CHECKPOINT_FILE} to resume from; choose another --out")
+        if results_there:
+            log(f"no checkpoint in {workdir} (the run was stopped before its first epoch "
+                "ended); starting it again")
+        else:
+            log(f"no checkpoint in {workdir}; starting a new run")
 
     dtype = np.float64 if t.precision == "float64" else np.float32
     if dtype == np.float64:
         require_x64("[training] precision = \"float64\"")
     loss = t.make_loss()
     splits = load_splits(config, log, loss)
+    prints = {"train": fingerprint(splits["train"]), "valid": fingerprint(splits["valid"])}
+    if payload is not None:
+        old = payload["progress"].get("data", {})
+        changed = [name for name in ("train", "valid") if old.get(name) != prints[name]]
+        if changed:
+            keys = [k for k in allowed if k.startswith("data.")]
+            why = (f"the setting(s) {', '.join(f'{k} (was {json.dumps(allowed[k][0])}, now {json.dumps(allowed[k][1])})' for k in keys)} change it"
+                   if keys else "the data files' contents changed since the checkpoint")
+            raise ConfigError(f"cannot resume: the {' and '.join(changed)} frames differ from "
+                              f"those the run in {workdir} was trained on: {why}")
     elements = elements_of(splits["train"])
     isolated = config.data.isolated_atoms or None
     reference = reference_energies_for(splits["train"], elements, isolated)
@@ -232,7 +440,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                 for name, s in splits.items()}
     batch_size = min(t.batch_size, len(datasets["train"]))
     steps_per_epoch = len(datasets["train"]) // batch_size
-    tx = make_optimizer(t, steps_per_epoch)
+    tx = make_optimizer(t)
     state = TrainState(potential.params, tx.init(potential.params), potential.params,
                        jnp.zeros((), jnp.int32))
     train_step = make_train_step(potential, tx, loss, t.ema_decay)
@@ -240,74 +448,99 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
     predict_fn = make_predict_fn(potential, compute_stress, loss)
 
     progress = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
-                "seconds": 0.0, "train_seconds": 0.0, "config": config_json}
+                "seconds": 0.0, "train_seconds": 0.0, "last_epoch_seconds": 0.0,
+                "config": config_json, "data": prints,
+                "schedule": lr_schedule.new_state(t)}
     best_params = state.ema_params
-    if resume:
-        state, best_params, progress = _load_checkpoint(ckpt_path, state)
-        if progress["config"] != config_json:
-            raise ConfigError(f"{ckpt_path} was written with a different configuration; "
-                              "resume with the same config or start a new --out")
+    if payload is not None:
+        state, best_params = _restore(payload, state, ckpt_path, workdir)
+        progress = payload["progress"]
+        progress["config"], progress["data"] = config_json, prints
+        for key, (a, b) in allowed.items():
+            log(f"resume: {key} was {json.dumps(a)}, now {json.dumps(b)}")
+        if "training.epochs" in allowed and progress["schedule"]["kind"] == "cosine":
+            step = int(state.step)
+            log(f"learning rate: the cosine decay now ends at epoch {t.epochs}; at step "
+                f"{step} it is {lr_schedule.learning_rate(progress['schedule'], t, step, steps_per_epoch):.3g}")
         _truncate_log(log_path, progress["epoch"])
+        if progress["epoch"] > 0:  # the checkpoint's best model (a kill may have come
+            save_potential(potential.replace(params=best_params), model_dir)  # before it)
         log(f"resuming from epoch {progress['epoch']} ({progress['seconds']:.0f} s trained)")
     else:  # record the untrained model's error as epoch 0, the baseline for progress
         initial, initial_loss = evaluate_dataset(datasets["valid"], state.params, predict_fn,
                                                  batch_size, loss)
-        with open(log_path, "w") as f:
-            f.write(json.dumps({"epoch": 0, "valid_loss": initial_loss,
-                                "seconds": 0.0,
-                                **{f"valid_{k}": round(v, 4) for k, v in initial.items()}}) + "\n")
+        atomic_write_text(log_path, json.dumps(
+            {"epoch": 0, "valid_loss": initial_loss, "seconds": 0.0,
+             **{f"valid_{k}": round(v, 4) for k, v in initial.items()}}) + "\n")
 
+    sched = progress["schedule"]
     budget = (t.max_minutes or 0) * 60
     stop_reason = "epochs"
-    last_epoch_seconds = 0.0
-    for epoch in range(progress["epoch"] + 1, t.epochs + 1):
-        if budget and progress["seconds"] + last_epoch_seconds > budget:
-            stop_reason = "time budget"
-            break
-        if progress["bad_epochs"] >= t.patience:
-            stop_reason = "early stopping"
-            break
-        start = time.perf_counter()
-        order = np.random.default_rng([t.seed, epoch]).permutation(len(datasets["train"]))
-        losses = []
-        for batch in datasets["train"].batches(batch_size, order, drop_last=True):
-            state, batch_loss = train_step(state, batch)
-            losses.append(batch_loss)
-        train_loss = float(np.mean(jax.device_get(losses)))
-        progress["train_seconds"] += time.perf_counter() - start
-        if not np.isfinite(train_loss):
-            raise DataError(f"training diverged at epoch {epoch} (loss {train_loss}); "
-                            "lower learning_rate or check the data")
-        valid, v_loss = evaluate_dataset(datasets["valid"], state.ema_params, predict_fn,
-                                         batch_size, loss)
-        last_epoch_seconds = time.perf_counter() - start
-        progress["seconds"] += last_epoch_seconds
-        improved = v_loss < progress["best_loss"]
-        if improved:
-            progress.update(best_loss=v_loss, best_epoch=epoch, bad_epochs=0)
-            best_params = state.ema_params
-        else:
-            progress["bad_epochs"] += 1
-        progress["epoch"] = epoch
-        record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": v_loss,
-                  "seconds": round(progress["seconds"], 3),
-                  **{f"valid_{k}": round(v, 4) for k, v in valid.items()}}
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        _save_checkpoint(ckpt_path, state, progress, best_params)
-        if improved:
-            save_potential(potential.replace(params=best_params),
-                           os.path.join(workdir, "model"))
-        n_train = steps_per_epoch * batch_size
-        log(f"epoch {epoch:4d}/{t.epochs}  loss {train_loss:.4g}  "
-            f"val E {valid.get('energy_mae', float('nan')):.2f} meV  "
-            f"F {valid.get('forces_mae', float('nan')):.2f} meV/Å  "
-            f"{n_train / last_epoch_seconds:.0f} conf/s  "
-            f"{progress['seconds'] / 60:.1f} min{'  *' if improved else ''}")
+    bar = progress_bar(t.epochs * steps_per_epoch, "train", show_progress, unit="step")
+    bar.update(progress["epoch"] * steps_per_epoch)
+    try:
+        for epoch in range(progress["epoch"] + 1, t.epochs + 1):
+            if budget and progress["seconds"] + progress["last_epoch_seconds"] > budget:
+                stop_reason = "time budget"
+                break
+            if progress["bad_epochs"] >= t.patience:
+                stop_reason = "early stopping"
+                break
+            start = time.perf_counter()
+            order = np.random.default_rng([t.seed, epoch]).permutation(len(datasets["train"]))
+            losses = []
+            step = int(state.step)
+            fraction = progress["seconds"] / budget if budget else 0.0
+            first_lr = lr_schedule.learning_rate(sched, t, step, steps_per_epoch, fraction)
+            for k, batch in enumerate(datasets["train"].batches(batch_size, order,
+                                                                drop_last=True)):
+                lr = lr_schedule.learning_rate(sched, t, step + k, steps_per_epoch, fraction)
+                state, batch_loss = train_step(state, batch, np.asarray(lr, dtype))
+                losses.append(batch_loss)
+                bar.update((epoch - 1) * steps_per_epoch + k + 1)
+            train_loss = float(np.mean(jax.device_get(losses)))
+            progress["train_seconds"] += time.perf_counter() - start
+            if not np.isfinite(train_loss):
+                raise DataError(f"training diverged at epoch {epoch} (loss {train_loss}; the "
+                                f"data were checked for NaN labels when read): lower "
+                                f"learning_rate (now {first_lr:.3g}) or clip_norm, or check "
+                                "the data for extreme forces")
+            valid, v_loss = evaluate_dataset(datasets["valid"], state.ema_params, predict_fn,
+                                             batch_size, loss)
+            progress["last_epoch_seconds"] = time.perf_counter() - start
+            progress["seconds"] += progress["last_epoch_seconds"]
+            improved = v_loss < progress["best_loss"]
+            if improved:
+                progress.update(best_loss=v_loss, best_epoch=epoch, bad_epochs=0)
+                best_params = state.ema_params
+            else:
+                progress["bad_epochs"] += 1
+            note = lr_schedule.after_epoch(sched, t, improved, int(state.step), steps_per_epoch)
+            progress["epoch"] = epoch
+            record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": v_loss,
+                      "learning_rate": first_lr,
+                      "seconds": round(progress["seconds"], 3),
+                      **{f"valid_{k}": round(v, 4) for k, v in valid.items()}}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _save_checkpoint(ckpt_path, state, progress, best_params)
+            if improved:
+                save_potential(potential.replace(params=best_params), model_dir)
+            n_train = steps_per_epoch * batch_size
+            bar.set(loss=f"{train_loss:.3g}", F=f"{valid.get('forces_mae', float('nan')):.1f}")
+            log(f"epoch {epoch:4d}/{t.epochs}  loss {train_loss:.4g}  "
+                f"val E {valid.get('energy_mae', float('nan')):.2f} meV  "
+                f"F {valid.get('forces_mae', float('nan')):.2f} meV/Å  "
+                f"lr {first_lr:.2e}  "
+                f"{n_train / progress['last_epoch_seconds']:.0f} conf/s  "
+                f"{progress['seconds'] / 60:.1f} min{'  *' if improved else ''}")
+            if note:
+                log(note)
+    finally:
+        bar.close()
 
     best = potential.replace(params=best_params)
-    if not os.path.isdir(os.path.join(workdir, "model")):
-        save_potential(best, os.path.join(workdir, "model"))
+    save_potential(best, model_dir)  # also after a resume that ran no further epoch
     results = {"stop_reason": stop_reason, "epochs_run": progress["epoch"],
                "best_epoch": progress["best_epoch"],
                "training_seconds": round(progress["seconds"], 2),
@@ -315,14 +548,40 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
                    progress["epoch"] * steps_per_epoch * batch_size
                    / max(progress["train_seconds"], 1e-9), 2),
                "n_train": len(datasets["train"]), "n_valid": len(datasets["valid"]),
-               "n_test": len(datasets["test"]), "architecture": config.architecture["name"],
+               "n_test": len(datasets["test"]),
+               "data": {"train_file": config.data.train_file,
+                        "valid_file": config.data.valid_file or config.data.train_file,
+                        "test_file": (config.data.test_file or config.data.train_file)
+                        if len(datasets["test"]) else None},
+               "schedule": sched["kind"], "architecture": config.architecture["name"],
                "device": jax.devices()[0].device_kind,
                "valid": evaluate_dataset(datasets["valid"], best_params, predict_fn,
                                          batch_size)}
     log(f"stopped ({stop_reason}) after epoch {progress['epoch']}; best epoch "
         f"{progress['best_epoch']}: " + _summary(results["valid"], "validation"))
+    parity = "valid"
     if len(datasets["test"]):
         results["test"] = evaluate_dataset(datasets["test"], best_params, predict_fn, batch_size)
         log(_summary(results["test"], f"test ({len(datasets['test'])} structures)"))
-    atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(results, indent=2))
+        parity = "test"
+    _plots(workdir, log_path, datasets[parity], parity, results[parity], best_params,
+           predict_fn, batch_size, log)
+    atomic_write_text(os.path.join(workdir, METRICS_FILE), json.dumps(results, indent=2))
     return results
+
+
+def _plots(workdir, log_path, dataset, name, metrics, params, predict_fn, batch_size, log):
+    """``training_curves.png`` and ``force_parity.png`` (a failure is reported, not
+    raised: the trained model and metrics are already written)."""
+    from biojax.train import plots
+
+    try:
+        plots.training_curves(_read_log(log_path), os.path.join(workdir, "training_curves.png"))
+        ref, pred = force_pairs(dataset, params, predict_fn, batch_size)
+        if ref.size:
+            label = {"valid": "validation", "test": "test"}[name]
+            plots.force_parity(ref, pred, metrics.get("forces_mae", float("nan")),
+                               f"{label} set, {len(dataset)} structures",
+                               os.path.join(workdir, "force_parity.png"))
+    except Exception as exc:  # noqa: BLE001 - plots are a convenience
+        log(f"warning: plots not written ({type(exc).__name__}: {exc})")
