@@ -361,6 +361,15 @@ def test_nan_labels_are_rejected_naming_file_and_frame(data, config, tmp_path, c
     np.savez(tmp_path / "md17.npz", R=R, z=frames[0].numbers, E=E, F=np.zeros_like(R))
     with pytest.raises(DataError, match=r"md17.npz frame 1: energy label is nan"):
         read_dataset(tmp_path / "md17.npz")
+    # an extra label a user loss term reads (e.g. a dipole) is checked when it is required
+    from biojax.data.io import require_labels
+    frames = read(data / "train.xyz", index=":3")
+    for k, a in enumerate(frames):
+        a.info["ref_dipole"] = np.array([0.1, np.nan if k == 1 else 0.2, 0.0])
+    write(tmp_path / "dipoles.xyz", frames)
+    with pytest.raises(DataError, match=r"dipoles.xyz frame 1: label 'ref_dipole' is NaN"):
+        require_labels(read_dataset(tmp_path / "dipoles.xyz"), str(tmp_path / "dipoles.xyz"),
+                       True, True, False, ["ref_dipole"])
     err = fails(capsys, ["train", config, "--train-file", tmp_path / "nan_energy.xyz",
                          "--out", tmp_path / "run", "--quiet"],
                 "nan_energy.xyz frame 2: energy label is nan")

@@ -281,6 +281,10 @@ def require_labels(structures: Sequence[Structure], path: str, energy: bool, for
             if name not in s.labels and name not in s.atom_labels:
                 raise DataError(f"{path} frame {i}: no label {name!r} (a loss term reads it; "
                                 f"labels found: {', '.join(sorted({**s.labels, **s.atom_labels})) or 'none'})")
+            value = s.labels.get(name, s.atom_labels.get(name))
+            if not np.all(np.isfinite(value)):
+                raise DataError(f"{path} frame {i}: label {name!r} is NaN or infinite (a loss "
+                                "term reads it); fix or remove this frame")
         if energy and s.energy is None:
             raise DataError(f"{path} frame {i}: no energy, but the energy loss weight is > 0")
         if forces and s.forces is None:
