@@ -434,6 +434,7 @@ def label_file(frames: Sequence[Atoms], out: str | os.PathLike, calculator: Calc
     partial = out + PARTIAL_SUFFIX
     check_output(out, "output file", overwrite=overwrite)
     check_output(partial, "partial output file", overwrite=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     first = 0
     if os.path.exists(partial):
         if not resume:

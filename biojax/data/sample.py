@@ -418,6 +418,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, base_dir=None, progress: 
     """
     check_output(out, "output file", overwrite=overwrite)
     check_recipe(recipe)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     t0 = time.perf_counter()
     ref = recipe.reference
     calc = make_calculator(ref.name, base_dir=base_dir, **ref.options)

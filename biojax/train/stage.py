@@ -92,6 +92,7 @@ def _evaluate(args) -> int:
 
     if args.json_out:  # before the work, not after it
         check_output(args.json_out, "--json file", overwrite=args.overwrite)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     with os_errors("evaluate"):
