@@ -23,7 +23,6 @@ from typing import Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax_md import partition
 
 
 @flax.struct.dataclass
@@ -79,8 +78,8 @@ def neighbor_graph(positions: jax.Array, neighbor, species: jax.Array,
     masked and pointed at atom 0. ``kwargs`` go to ``displacement_fn`` (e.g. ``box=``).
     """
     n_atoms = species.shape[0]
-    fmt = neighbor.format
-    if fmt is partition.NeighborListFormat.Dense:
+    fmt = neighbor.format.name  # by name: importing jax_md costs seconds, MD has it loaded
+    if fmt == "Dense":
         idx = neighbor.idx
         receivers = jnp.repeat(jnp.arange(n_atoms, dtype=idx.dtype), idx.shape[1])
         senders = idx.reshape(-1)
@@ -93,4 +92,4 @@ def neighbor_graph(positions: jax.Array, neighbor, species: jax.Array,
     vectors = displacement(positions[receivers], positions[senders])
     return Graph(vectors=vectors, species=species, senders=senders, receivers=receivers,
                  edge_mask=edge_mask, node_mask=jnp.ones((n_atoms,), dtype=bool),
-                 pairs=fmt is partition.NeighborListFormat.OrderedSparse)
+                 pairs=fmt == "OrderedSparse")
