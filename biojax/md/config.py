@@ -56,10 +56,16 @@ class SimulateConfig:
     minimize: bool = False              # FIRE before dynamics
     minimize_steps: int = 500
     minimize_fmax: float = 0.05         # eV/Å
+    # FIRE's own step control, independent of timestep_fs: its initial time step (fs, unit
+    # masses as in ASE's FIRE; it grows to 10× while going downhill) and the largest
+    # displacement of any atom in one step (Å)
+    minimize_dt_fs: float = 1.0
+    minimize_max_step: float = 0.1      # Å
     chunk_steps: int = 500              # steps per jitted chunk (checkpoint, flush, checks)
     observe_every: int = 10             # observables every K steps
     frame_every: int = 100              # trajectory frame every M steps (multiple of K)
-    trajectory_format: Literal["extxyz", "traj"] = "extxyz"
+    # extxyz/traj (ASE), or dcd/xtc (VMD, PyMOL, MDAnalysis, mdtraj; with a topology.pdb)
+    trajectory_format: Literal["extxyz", "traj", "dcd", "xtc"] = "extxyz"
     write_velocities: bool = False
     write_forces: bool = False
     observables_format: Literal["csv", "jsonl", "both"] = "csv"
@@ -67,6 +73,15 @@ class SimulateConfig:
     capacity_multiplier: float = 1.25
     initial_capacity: int | None = None  # force a (small) neighbor capacity, for tests
     blowup_temperature_factor: float = 5.0   # stop when T > factor · max(target, T0)
+    # stop when the potential energy rises more than blowup_energy_kT · kT per atom above
+    # its value at step 0 (kT at max(target, initial, 10 K); checked every observe_every)
+    check_energy: bool = True
+    blowup_energy_kT: float = 10.0
+    # stop when a covalent bond of the starting structure (1.2 × the sum of covalent
+    # radii) stretches beyond blowup_bond_factor × max(its starting length, the sum of
+    # covalent radii); checked every step. Switch off for reactive simulations.
+    check_bonds: bool = True
+    blowup_bond_factor: float = 1.5
     min_distance: float = 0.5           # Å; closer atoms are "overlapping"
     # neighbor-list format: "auto" takes the model's preference (Dense for pair
     # potentials), else "ordered-sparse" (each pair once)
@@ -75,6 +90,8 @@ class SimulateConfig:
     observables: tuple[dict, ...] = ()   # [[observables]] {name, label?, options}
     max_timestep_fs: float = 20.0
     out: str = dataclasses.field(default="md_run", metadata={"path": True})  # output folder
+    overwrite: bool = False             # replace the results of an earlier run in out
+    plots: bool = True                  # energy.png and temperature.png in out
 
     def __post_init__(self):
         check = [
@@ -102,6 +119,14 @@ class SimulateConfig:
             (self.friction_per_ps > 0, "friction_per_ps must be > 0"),
             (self.capacity_multiplier >= 1.0, "capacity_multiplier must be >= 1"),
             (self.blowup_temperature_factor > 1.0, "blowup_temperature_factor must be > 1"),
+            (self.blowup_energy_kT > 0, f"blowup_energy_kT must be > 0 (kT per atom), got "
+                                        f"{self.blowup_energy_kT}"),
+            (self.blowup_bond_factor > 1.0, f"blowup_bond_factor must be > 1 (× the bond "
+                                            f"length), got {self.blowup_bond_factor}"),
+            (self.minimize_dt_fs > 0, f"minimize_dt_fs must be > 0 fs, got "
+                                      f"{self.minimize_dt_fs}"),
+            (self.minimize_max_step > 0, f"minimize_max_step must be > 0 Å, got "
+                                         f"{self.minimize_max_step}"),
         ]
         for ok, message in check:
             if not ok:

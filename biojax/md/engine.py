@@ -1,9 +1,11 @@
 """The jitted part: one chunk of MD steps as a pure function, and neighbor-list capacity.
 
 A chunk is ``n_frames × records_per_frame × observe_every`` steps. Every step runs the
-integrator, updates the neighbor list and checks the kinetic energy (non-finite or above a
-limit marks the first bad step). Every ``observe_every`` steps the observables are recorded;
-every frame the positions (and optionally velocities/forces/box). The caller checks the
+integrator, updates the neighbor list and checks the kinetic energy and (for molecules)
+the covalent bonds of the start; every ``observe_every`` steps the observables are
+recorded and the potential energy checked. The first failed check is returned as an
+alarm (step, kind, atom pair or value), not raised. Every frame records the positions
+(and optionally velocities/forces/box). The caller checks the
 neighbor list's overflow flag after the chunk and reruns the chunk with more capacity.
 
 Every state carries a leading replica axis, also for one replica: the same chunk
@@ -161,18 +163,57 @@ def make_observe(integ: Integrator, potential_fn: Callable, terms: Sequence,
     return observe
 
 
-def make_chunk(integ: Integrator, observe: Callable, terms: Sequence, n_frames: int,
-               records_per_frame: int, observe_every: int, ke_limit: float,
-               with_velocities: bool, with_forces: bool) -> Callable:
-    """chunk(state, term_states, nbrs, dt, kT) -> (state, term_states, nbrs, first_bad,
-    observables, frames) for one replica (dt in ASE time, kT in eV).
+# what stopped a replica (the ``kind`` of a chunk's alarm)
+ALARM_TEMPERATURE, ALARM_ENERGY, ALARM_BOND = 1, 2, 3
 
-    ``first_bad`` is the 1-based step within the chunk at which the kinetic energy first
-    became non-finite or exceeded ``ke_limit`` (eV), or -1.
+
+def make_bond_stretch(displacement_fn: Callable, bonds: np.ndarray, ref_lengths: np.ndarray
+                      ) -> Callable:
+    """stretch(position, **kw) -> (largest length / reference length, index of that bond,
+    its length in Å) over the bonds (B, 2); ``kw`` goes to ``displacement_fn`` (``box``
+    under NPT), which takes the minimum image in periodic cells."""
+    i, j = jnp.asarray(bonds[:, 0]), jnp.asarray(bonds[:, 1])
+    ref = jnp.asarray(ref_lengths)
+
+    def stretch(position, **kw):
+        d = jax.vmap(lambda a, b: displacement_fn(a, b, **kw))(position[i], position[j])
+        r = jnp.sqrt(jnp.sum(d * d, axis=-1))
+        ratio = r / ref
+        k = jnp.argmax(ratio)
+        return ratio[k], k.astype(jnp.int32), r[k]
+
+    return stretch
+
+
+def _raise_alarm(alarm, step, is_bad, kind, index, value):
+    """Keep the first alarm: (step, kind, index, value) set where none was yet."""
+    first = (alarm[0] < 0) & is_bad
+    return (jnp.where(first, step, alarm[0]), jnp.where(first, kind, alarm[1]),
+            jnp.where(first, jnp.asarray(index, jnp.int32), alarm[2]),
+            jnp.where(first, jnp.asarray(value, jnp.float32), alarm[3]))
+
+
+def make_chunk(integ: Integrator, observe: Callable, terms: Sequence, n_frames: int,
+               records_per_frame: int, observe_every: int, with_velocities: bool,
+               with_forces: bool, bond_stretch: Callable | None = None,
+               bond_factor: float = 0.0) -> Callable:
+    """chunk(state, term_states, nbrs, dt, kT, ke_limit, pe_limit) -> (state, term_states,
+    nbrs, alarm, observables, frames) for one replica (dt in ASE time, kT and the limits
+    in eV).
+
+    ``alarm`` = (step, kind, index, value) of the first check that failed, step -1 if none
+    did: the 1-based step within the chunk and what happened there —
+    ``ALARM_TEMPERATURE`` (kinetic energy non-finite or above ``ke_limit``; value = the
+    kinetic energy), ``ALARM_BOND`` (checked every step when ``bond_stretch`` is given: a
+    bond longer than ``bond_factor`` × its reference length; index = the bond, value = its
+    length in Å) or ``ALARM_ENERGY`` (checked every ``observe_every`` steps, where the
+    potential energy is computed anyway: non-finite or above ``pe_limit``; value = the
+    potential energy). These are flags, not exceptions: the host loop stops the run and
+    keeps the frames before the step.
     """
 
     def one_step(_, carry):
-        state, term_states, nbrs, bad, n, dt, kT = carry
+        state, term_states, nbrs, alarm, n, dt, kT, ke_limit, pe_limit = carry
         box = integ.box(state)
         kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
         state = integ.step(state, dt, kT, term_states=term_states, **kw)
@@ -183,14 +224,22 @@ def make_chunk(integ: Integrator, observe: Callable, terms: Sequence, n_frames: 
             kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
             term_states = update_term_states(terms, term_states, state.position, **kw)
         ke = kinetic_energy(state.momentum, state.mass)
-        is_bad = jnp.logical_not(jnp.isfinite(ke)) | (ke > ke_limit)
-        bad = jnp.where((bad < 0) & is_bad, n + 1, bad)
-        return state, term_states, nbrs, bad, n + 1, dt, kT
+        hot = jnp.logical_not(jnp.isfinite(ke)) | (ke > ke_limit)
+        alarm = _raise_alarm(alarm, n + 1, hot, ALARM_TEMPERATURE, 0, ke)
+        if bond_stretch is not None:
+            ratio, k, r = bond_stretch(state.position, **({} if box is None else
+                                                         {"box": box}))
+            alarm = _raise_alarm(alarm, n + 1, ratio > bond_factor, ALARM_BOND, k, r)
+        return state, term_states, nbrs, alarm, n + 1, dt, kT, ke_limit, pe_limit
 
     def record(carry, _):
         carry = jax.lax.fori_loop(0, observe_every, one_step, carry)
-        state, term_states, nbrs, *_, kT = carry
-        return carry, observe(state, term_states, nbrs, kT)
+        state, term_states, nbrs, alarm, n, dt, kT, ke_limit, pe_limit = carry
+        obs = observe(state, term_states, nbrs, kT)
+        pe = obs["potential_energy"]
+        high = jnp.logical_not(jnp.isfinite(pe)) | (pe > pe_limit)
+        alarm = _raise_alarm(alarm, n, high, ALARM_ENERGY, 0, pe)
+        return (state, term_states, nbrs, alarm, n, dt, kT, ke_limit, pe_limit), obs
 
     def frame(carry, _):
         carry, obs = jax.lax.scan(record, carry, None, length=records_per_frame)
@@ -205,8 +254,9 @@ def make_chunk(integ: Integrator, observe: Callable, terms: Sequence, n_frames: 
             fr["box"] = box
         return carry, (obs, fr)
 
-    def chunk(state, term_states, nbrs, dt, kT):
-        carry = (state, term_states, nbrs, jnp.int32(-1), jnp.int32(0), dt, kT)
+    def chunk(state, term_states, nbrs, dt, kT, ke_limit, pe_limit):
+        alarm = (jnp.int32(-1), jnp.int32(0), jnp.int32(0), jnp.float32(0.0))
+        carry = (state, term_states, nbrs, alarm, jnp.int32(0), dt, kT, ke_limit, pe_limit)
         carry, (obs, frames) = jax.lax.scan(frame, carry, None, length=n_frames)
         obs = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), obs)
         return carry[0], carry[1], carry[2], carry[3], obs, frames

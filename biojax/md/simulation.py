@@ -9,6 +9,13 @@ checkpoint (atomic). A run killed at any point resumes from the last checkpoint 
 lost or duplicated frames. The host-side state is one explicit
 :class:`~biojax.md.checkpoint.RunState`; files live in ``output``, checkpoints in
 ``checkpoint``.
+
+Fail loudly, lose nothing: a run holds its output folder (``RunLock``: a second run there
+is refused, naming the first), never replaces an earlier run's results unless asked
+(``overwrite``), refuses to resume with another model, and stops a replica whose
+temperature, potential energy or covalent bonds leave their plausible range (checked
+inside the jitted chunk), keeping every frame before that step. Minimisation (FIRE) has
+its own step control and must lower the energy without breaking bonds.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -24,27 +30,23 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import minimize
 
 from biojax.core.atomic import atomic_write_bytes
 from biojax.core.errors import ConfigError, SimulationError
+from biojax.core.progress import progress as progress_bar
 from biojax.core.registry import integrators, resolve
-from biojax.core.units import KB
+from biojax.core.rundir import RunLock, check_output_dir
+from biojax.core.units import FS, KB
 from biojax.md import checkpoint, engine, output
 from biojax.md.checkpoint import RunState
 from biojax.md.config import SimulateConfig, Units
 from biojax.md.integrators import build_integrator
-from biojax.md.system import (cell_of, check_atoms, make_space, neighbor_box,
-                              repartitioned_masses, to_cartesian, to_internal)
+from biojax.md.system import (cell_of, check_atoms, covalent_bonds, make_space,
+                              neighbor_box, repartitioned_masses, to_cartesian, to_internal)
 from biojax.md.terms import (System, as_energy_term, energy_terms_from_config,
                              flatten_row, init_term_states, observables_from_config,
                              total_energy_fn)
 from biojax.nn.potential import Potential
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class Simulation:
@@ -55,7 +57,8 @@ class Simulation:
         r mod len(atoms)); all frames must have the same atoms in the same order.
       potential: any biojax Potential (trained model or classical).
       config: SimulateConfig (time step fs, temperature K, pressure bar, ...).
-      progress: print steps/s, ns/day and ETA to stderr after every chunk.
+      progress: show a progress bar (``biojax.core.progress``: steps, steps/s, ETA,
+        ns/day) on stderr.
       integrator: an integrator factory (see ``biojax.md.integrators``) used instead of
         the one ``config.ensemble`` names.
       energy_terms: extra energy terms (``biojax.md.terms``) added to the potential inside
@@ -91,6 +94,13 @@ class Simulation:
                                           "fixed-volume replicas must share one box")
         self.numbers, self.pbc = numbers, frames[0].pbc.copy()
         self.n_atoms = len(numbers)
+        self.model_id = checkpoint.model_identity(potential)
+        # covalent bonds of the start (for the bond check and the minimisation check)
+        self.bonds, self.bond_ref = covalent_bonds(frames[0])
+        self.bond_stretch = (engine.make_bond_stretch(self.space.displacement_fn,
+                                                      self.bonds, self.bond_ref)
+                             if len(self.bonds) else None)
+        self.minimization: dict | None = None
         masses = repartitioned_masses(frames[0], config.hydrogen_mass)
         self.mass = jnp.asarray(masses, jnp.float32)[:, None]
         system = System(numbers, masses, self.space.displacement_fn, self.space.periodic)
@@ -155,40 +165,110 @@ class Simulation:
     # ------------------------------------------------------------------ setup
     def _minimize(self, positions: jax.Array, boxes: list[dict], term_states
                   ) -> list[np.ndarray]:
-        """FIRE descent (jax-md) until max |F| < minimize_fmax eV/Å or minimize_steps."""
-        cfg, u = self.cfg, self.units
-        fire_init, fire_apply = minimize.fire_descent(
-            self.energy_fn, self.space.shift_fn, dt_start=u.dt, dt_max=10 * u.dt)
+        """FIRE descent until max |F| < minimize_fmax eV/Å or minimize_steps, then checked.
+
+        FIRE (Bitzek et al. 2006, as ASE implements it: unit masses, velocity mixing, the
+        time step grows ×1.1 after 5 downhill steps up to 10 × ``minimize_dt_fs`` and is
+        halved, with the velocities zeroed, on an uphill step) with its own step control:
+        no atom moves more than ``minimize_max_step`` Å per step. The MD time step plays
+        no part (taken from it, FIRE blew alanine dipeptide apart from 3 fs up). Raises
+        SimulationError, naming the energies, when the energy did not go down or a
+        covalent bond of the start broke (``check_bonds``)."""
+        cfg = self.cfg
+        dt0, max_step = cfg.minimize_dt_fs * FS, cfg.minimize_max_step
+        dt_max, n_min, f_inc, f_dec, a_start, f_alpha = 10.0 * dt0, 5, 1.1, 0.5, 0.1, 0.99
         fmax2 = cfg.minimize_fmax ** 2
+        energy_fn, shift_fn = self.energy_fn, self.space.shift_fn
 
         def run(R, nbrs, ts, box):
-            kw = self._kw(nbrs, box)
-            state = fire_init(R, term_states=ts, **kw)
+            def energy_force(R, nbrs):
+                # in fractional coordinates jax-md's periodic_general differentiates to
+                # Cartesian forces, and shift_fn takes Cartesian displacements
+                e, g = jax.value_and_grad(energy_fn)(R, term_states=ts, **self._kw(nbrs, box))
+                return e, -g
 
             def cond(c):
-                state, nbrs, i = c
-                return (i < cfg.minimize_steps) & (jnp.max(jnp.sum(state.force ** 2, -1)) > fmax2)
+                R, v, f, e, nbrs, dt, a, n_pos, i = c
+                return (i < cfg.minimize_steps) & (jnp.max(jnp.sum(f * f, -1)) > fmax2)
 
             def body(c):
-                state, nbrs, i = c
-                kw = self._kw(nbrs, box)
-                state = fire_apply(state, term_states=ts, **kw)
-                nbrs = nbrs.update(state.position, **({} if box is None else {"box": box}))
-                return state, nbrs, i + 1
+                R, v, f, e, nbrs, dt, a, n_pos, i = c
+                vf = jnp.sum(v * f)
+                downhill = vf >= 0
+                f_norm = jnp.sqrt(jnp.sum(f * f)) + 1e-12
+                v = jnp.where(downhill, (1 - a) * v + a * jnp.sqrt(jnp.sum(v * v)) * f / f_norm,
+                              0.0)
+                grow = downhill & (n_pos > n_min)
+                dt = jnp.where(downhill, jnp.where(grow, jnp.minimum(dt * f_inc, dt_max), dt),
+                               dt * f_dec)
+                a = jnp.where(downhill, jnp.where(grow, a * f_alpha, a), a_start)
+                n_pos = jnp.where(downhill, n_pos + 1, 0)
+                v = v + dt * f
+                dr = dt * v
+                longest = jnp.sqrt(jnp.max(jnp.sum(dr * dr, -1)))
+                dr = dr * jnp.minimum(1.0, max_step / jnp.maximum(longest, 1e-12))
+                R = shift_fn(R, dr, **({} if box is None else {"box": box}))
+                nbrs = nbrs.update(R, **({} if box is None else {"box": box}))
+                e, f = energy_force(R, nbrs)
+                return R, v, f, e, nbrs, dt, a, n_pos, i + 1
 
-            state, nbrs, i = jax.lax.while_loop(cond, body, (state, nbrs, 0))
-            return state.position, nbrs
+            e0, f0 = energy_force(R, nbrs)
+            c = (R, jnp.zeros_like(f0), f0, e0, nbrs, jnp.asarray(dt0, f0.dtype),
+                 jnp.asarray(a_start, f0.dtype), jnp.int32(0), jnp.int32(0))
+            R, v, f, e, nbrs, dt, a, n_pos, i = jax.lax.while_loop(cond, body, c)
+            return R, nbrs, e0, e, i, jnp.sqrt(jnp.max(jnp.sum(f * f, -1)))
 
         box = jnp.stack([b["box"] for b in boxes]) if boxes[0] else None
         capacity = 0
         while True:
             nbrs = self._allocate(list(positions), boxes, min_capacity=capacity)
-            pos, nbrs = self._map(run)(positions, nbrs, term_states, box)
+            pos, nbrs, e_before, e_after, steps, fmax = self._map(run)(
+                positions, nbrs, term_states, box)
             self.compiled.add(("minimize", engine.capacity_of(nbrs)))
             if not engine.overflowed(nbrs):
-                return pos
+                break
             self.overflows += 1
             capacity = engine.grown_capacity(engine.capacity_of(nbrs))
+        e_before, e_after, steps, fmax = (np.asarray(x) for x in jax.device_get(
+            (e_before, e_after, steps, fmax)))
+        self.minimization = {"energy_before_eV": e_before.tolist(),
+                             "energy_after_eV": e_after.tolist(), "steps": steps.tolist(),
+                             "fmax_eV_per_A": fmax.tolist(),
+                             "converged": bool(np.all(fmax <= cfg.minimize_fmax))}
+        settings = (f"{int(np.max(steps))} FIRE step(s), minimize_dt_fs = "
+                    f"{cfg.minimize_dt_fs:g}, minimize_max_step = {max_step:g} Å")
+        for r in range(cfg.replicas):
+            tol = 1e-3 + 1e-5 * abs(float(e_before[r]))
+            if not np.isfinite(e_after[r]) or e_after[r] > e_before[r] + tol:
+                raise SimulationError(
+                    f"replica {r}: energy minimisation raised the energy from "
+                    f"{e_before[r]:.4f} eV to {e_after[r]:.4f} eV instead of lowering it "
+                    f"({settings}); use a smaller minimize_max_step or minimize_dt_fs, or "
+                    "check the structure and model")
+        if cfg.check_bonds and self.bond_stretch is not None:
+            ratio, k, dist = jax.device_get(self._map(
+                lambda R, b: self.bond_stretch(R, **({} if b is None else {"box": b})))(
+                    pos, box))
+            for r in range(cfg.replicas):
+                if ratio[r] > cfg.blowup_bond_factor:
+                    raise SimulationError(
+                        f"replica {r}: energy minimisation: "
+                        f"{self._bond_text(int(k[r]), float(dist[r]))} (energy "
+                        f"{e_before[r]:.4f} eV → {e_after[r]:.4f} eV, {settings}); use a "
+                        "smaller minimize_max_step, check the structure and model, or set "
+                        "check_bonds = false for a reactive system")
+        return pos
+
+    def _bond_text(self, k: int, dist: float) -> str:
+        """'the covalent bond between atoms i (H) and j (C) broke: d Å, x × its ...'"""
+        from ase.data import chemical_symbols
+
+        i, j = (int(x) for x in self.bonds[k])
+        ref = float(self.bond_ref[k])
+        return (f"the covalent bond between atoms {i} ({chemical_symbols[self.numbers[i]]}) "
+                f"and {j} ({chemical_symbols[self.numbers[j]]}) broke: {dist:.2f} Å, "
+                f"{dist / ref:.2f} × its reference length {ref:.2f} Å (limit "
+                f"blowup_bond_factor = {self.cfg.blowup_bond_factor:g})")
 
     def initial_state(self, minimize_first: bool | None = None) -> RunState:
         """The run at step 0: state, term states and neighbor list, each with a leading
@@ -228,22 +308,38 @@ class Simulation:
         return RunState(state, term_states, nbrs, 0, 0.0)
 
     # ------------------------------------------------------------------ chunks
-    def _chunk_fn(self, n_frames: int, capacity: int, t0: float):
+    def _chunk_fn(self, n_frames: int, capacity: int):
         self.compiled.add(("chunk", n_frames, capacity))
         if n_frames not in self._chunks:
             cfg = self.cfg
-            t_limit = self.temperature_limit(t0)
-            ke_limit = 0.5 * self.integ.dof * KB * t_limit
+            check_bonds = cfg.check_bonds and self.bond_stretch is not None
             chunk = engine.make_chunk(
                 self.integ, self.observe, self.terms, n_frames,
-                cfg.frame_every // cfg.observe_every, cfg.observe_every, ke_limit,
-                cfg.write_velocities, cfg.write_forces)
+                cfg.frame_every // cfg.observe_every, cfg.observe_every,
+                cfg.write_velocities, cfg.write_forces,
+                self.bond_stretch if check_bonds else None, cfg.blowup_bond_factor)
             self._chunks[n_frames] = self._map(chunk)
         return self._chunks[n_frames]
 
     def temperature_limit(self, t0: float) -> float:
         """The temperature (K) above which a replica counts as blown up."""
         return self.cfg.blowup_temperature_factor * max(self.cfg.temperature_K, t0, 10.0)
+
+    def energy_margin(self, t0: float) -> float:
+        """How far (eV) the potential energy may rise above its step-0 value:
+        ``blowup_energy_kT`` · N · kT at max(target, initial, 10 K)."""
+        return (self.cfg.blowup_energy_kT * self.n_atoms * KB
+                * max(self.cfg.temperature_K, t0, 10.0))
+
+    def _limits(self, run: RunState) -> tuple[jax.Array, jax.Array]:
+        """Per-replica kinetic-energy and potential-energy limits (eV), chunk inputs."""
+        R = self.cfg.replicas
+        ke = 0.5 * self.integ.dof * KB * self.temperature_limit(run.t0)
+        if self.cfg.check_energy and run.e0 is not None:
+            pe = np.asarray(run.e0, np.float64) + self.energy_margin(run.t0)
+        else:
+            pe = np.full(R, np.inf)
+        return jnp.full((R,), ke, jnp.float32), jnp.asarray(pe, jnp.float32)
 
     def _observe(self, run: RunState) -> dict:
         self.compiled.add(("observe", engine.capacity_of(run.nbrs)))
@@ -252,111 +348,191 @@ class Simulation:
 
     # ------------------------------------------------------------------ run
     def run(self, out: str | None = None, resume: bool = False,
-            max_chunks: int | None = None) -> dict:
+            max_chunks: int | None = None, overwrite: bool | None = None) -> dict:
         """Run ``config.steps`` steps; write to ``out`` (None: write nothing, for benchmarks).
 
-        ``max_chunks`` stops after that many chunks (as if killed; used by tests).
-        Returns a summary dict (steps, wall time, steps/s, ns/day, compilations, ...).
+        The folder is locked for the run (a second run there is refused, naming this
+        one). Without ``resume``, results of an earlier run in ``out`` (checkpoint,
+        trajectory, observables) are an error unless ``overwrite`` (default
+        ``config.overwrite``). ``max_chunks`` stops after that many chunks (as if killed;
+        used by tests). Returns a summary dict (steps, wall time, steps/s, ns/day,
+        compilations, ...); ``energy.png``/``temperature.png`` are written with it.
         """
         cfg = self.cfg
+        if cfg.steps % cfg.frame_every:
+            raise ConfigError(f"steps ({cfg.steps}) must be a multiple of frame_every "
+                              f"({cfg.frame_every})")
+        overwrite = cfg.overwrite if overwrite is None else overwrite
+        if out is None:
+            if resume:
+                raise ConfigError("--resume needs an output directory")
+            return self._run(None, False, max_chunks)
+        out = os.fspath(out)
+        check_output_dir(out, "simulation output directory")
+        if resume and not os.path.isfile(os.path.join(out, checkpoint.CHECKPOINT_FILE)):
+            checkpoint.load(os.path.join(out, checkpoint.CHECKPOINT_FILE))  # the error
+        with RunLock(out, "simulation"):
+            if not resume:
+                self.check_no_results(out, overwrite)
+            output.remove_stale_temporaries(out, cfg.replicas)
+            return self._run(out, resume, max_chunks)
+
+    def check_no_results(self, out: str, overwrite: bool = False) -> None:
+        """Raise unless a fresh run may write to ``out``: an earlier run's checkpoint,
+        trajectory or observables there are kept unless ``overwrite``."""
+        cfg = self.cfg
+        found = [p for p in output.result_files(out, cfg.replicas, cfg.trajectory_format,
+                                                cfg.observables_format) if os.path.exists(p)]
+        if not found or overwrite:
+            return
+        if os.path.basename(found[0]) == checkpoint.CHECKPOINT_FILE:
+            raise SimulationError(
+                f"{out} already holds a run (checkpoint.npz); use --resume to continue it, "
+                "--overwrite to start it again, or choose another --out")
+        shown = ", ".join(os.path.relpath(p, out) for p in found[:4])
+        raise SimulationError(
+            f"{out} already holds results ({shown}{' ...' if len(found) > 4 else ''}) "
+            "without a checkpoint to resume from; biojax never overwrites results you did "
+            "not ask it to: choose another --out, or give --overwrite (overwrite = true) to "
+            "replace them")
+
+    def _run(self, out: str | None, resume: bool, max_chunks: int | None) -> dict:
+        cfg = self.cfg
         R, M, K = cfg.replicas, cfg.frame_every, cfg.observe_every
-        if cfg.steps % M:
-            raise ConfigError(f"steps ({cfg.steps}) must be a multiple of frame_every ({M})")
         ckpt_path = None if out is None else os.path.join(out, checkpoint.CHECKPOINT_FILE)
         if resume:
-            if out is None:
-                raise ConfigError("--resume needs an output directory")
             run, meta = self._resume(ckpt_path)
             columns = meta["columns"] or output.observable_columns(  # older checkpoints
                 self._row(self._observe(run), 0, None, 0), self.extra_observables)
             writers = self._writers(out, columns)
-            for w, sizes in zip(writers, meta["files"]):
-                w.restore(sizes)
+            if run.started:
+                for w, sizes in zip(writers, meta["files"]):
+                    w.restore(sizes)
+            else:  # killed after the first checkpoint, before its step-0 output
+                self._start_output(run, self._observe(run), writers, ckpt_path)
         else:
-            if out is not None and os.path.exists(ckpt_path):
-                raise SimulationError(f"{out} already holds a run (checkpoint.npz); use "
-                                      "--resume to continue it or choose another --out")
             run = self.initial_state()
             obs0 = self._observe(run)
-            run.t0 = float(np.max(obs0["temperature"]))
-            rows0 = [self._row(obs0, r, None, 0) for r in range(R)]
-            writers = [] if out is None else self._writers(out, output.observable_columns(
-                rows0[0], self.extra_observables))
-            for r, w in enumerate(writers):
-                w.start()
-                w.write_observables([rows0[r]])
-                w.write_frames([self._frame(run.state, obs0, r, None, None, 0)])
             if not np.all(np.isfinite(obs0["potential_energy"])):
                 raise SimulationError("the potential energy of the starting structure is not "
                                       "finite")
+            run.t0 = float(np.max(obs0["temperature"]))
+            run.e0 = [float(e) for e in obs0["potential_energy"]]
+            writers = [] if out is None else self._writers(out, output.observable_columns(
+                self._row(obs0, 0, None, 0), self.extra_observables))
             if writers:
+                # the first checkpoint comes before any output file: a run killed before
+                # it leaves no results, one killed after it resumes
+                run.started = False
                 self._checkpoint(ckpt_path, run, writers)
+                self._start_output(run, obs0, writers, ckpt_path)
 
+        ke_limit, pe_limit = self._limits(run)
         chunk_frames = cfg.chunk_steps // M
         t_start, steps_done, n_chunks = time.perf_counter(), 0, 0
         first_chunk_s = None
-        while run.step < cfg.steps and (max_chunks is None or n_chunks < max_chunks):
-            n_frames = min(chunk_frames, (cfg.steps - run.step) // M)
-            t_chunk = time.perf_counter()
-            while True:
-                fn = self._chunk_fn(n_frames, engine.capacity_of(run.nbrs), run.t0)
-                state, term_states, nbrs, bad, obs, frames = fn(
-                    run.state, run.term_states, run.nbrs, self.dt, self.kT)
-                if not engine.overflowed(nbrs):
-                    break
-                self.overflows += 1
-                run.nbrs = self._allocate(list(np.asarray(run.state.position)),
-                                          self._state_boxes(run.state),
-                                          min_capacity=engine.grown_capacity(
-                                              engine.capacity_of(run.nbrs)))
-            obs, frames, bad = jax.device_get((obs, frames, bad))
-            if first_chunk_s is None:
-                first_chunk_s = time.perf_counter() - t_chunk
-            stop = int(min(b for b in bad if b >= 0)) + run.step if np.any(bad >= 0) else None
-            for r, w in enumerate(writers):
-                rows = [self._row(obs, r, j, run.step + (j + 1) * K)
-                        for j in range(n_frames * M // K)]
-                fr = [self._frame(frames, obs, r, f, (f + 1) * (M // K) - 1,
-                                  run.step + (f + 1) * M) for f in range(n_frames)]
+        bar = progress_bar(cfg.steps - run.step, "simulate", enabled=self.progress,
+                           unit="steps")
+        try:
+            while run.step < cfg.steps and (max_chunks is None or n_chunks < max_chunks):
+                n_frames = min(chunk_frames, (cfg.steps - run.step) // M)
+                t_chunk = time.perf_counter()
+                while True:
+                    fn = self._chunk_fn(n_frames, engine.capacity_of(run.nbrs))
+                    state, term_states, nbrs, alarm, obs, frames = fn(
+                        run.state, run.term_states, run.nbrs, self.dt, self.kT, ke_limit,
+                        pe_limit)
+                    if not engine.overflowed(nbrs):
+                        break
+                    self.overflows += 1
+                    run.nbrs = self._allocate(list(np.asarray(run.state.position)),
+                                              self._state_boxes(run.state),
+                                              min_capacity=engine.grown_capacity(
+                                                  engine.capacity_of(run.nbrs)))
+                obs, frames, alarm = jax.device_get((obs, frames, alarm))
+                if first_chunk_s is None:
+                    first_chunk_s = time.perf_counter() - t_chunk
+                bad = np.asarray(alarm[0])
+                stop = int(min(b for b in bad if b >= 0)) + run.step if np.any(bad >= 0) \
+                    else None
+                for r, w in enumerate(writers):
+                    rows = [self._row(obs, r, j, run.step + (j + 1) * K)
+                            for j in range(n_frames * M // K)]
+                    fr = [self._frame(frames, obs, r, f, (f + 1) * (M // K) - 1,
+                                      run.step + (f + 1) * M) for f in range(n_frames)]
+                    if stop is not None:
+                        rows = [x for x in rows if x["step"] < stop]
+                        fr = [a for a in fr if a.info["step"] < stop]
+                    w.write_observables(rows)
+                    w.write_frames(fr)
                 if stop is not None:
-                    rows = [x for x in rows if x["step"] < stop]
-                    fr = [a for a in fr if a.info["step"] < stop]
-                w.write_observables(rows)
-                w.write_frames(fr)
-            if stop is not None:
-                self._blowup(bad, obs, run, out)
-            run.state, run.term_states, run.nbrs = state, term_states, nbrs
-            run.step += n_frames * M
-            steps_done += n_frames * M
-            n_chunks += 1
-            if writers:
-                self._checkpoint(ckpt_path, run, writers)
-            if self.progress:
-                self._report(run.step, steps_done, time.perf_counter() - t_start)
+                    bar.close()
+                    self._write_plots(out)
+                    self._blowup(alarm, run, out, ke_limit, pe_limit)
+                run.state, run.term_states, run.nbrs = state, term_states, nbrs
+                run.step += n_frames * M
+                steps_done += n_frames * M
+                n_chunks += 1
+                if writers:
+                    self._checkpoint(ckpt_path, run, writers)
+                elapsed = time.perf_counter() - t_start
+                bar.set(step=run.step, ns_day=f"{self._ns_per_day(steps_done, elapsed):.3g}",
+                        compilations=len(self.compiled))
+                bar.update(steps_done)
+        finally:
+            bar.close()
         wall = time.perf_counter() - t_start
         summary = {
             "completed": run.step >= cfg.steps, "step": run.step, "steps_run": steps_done,
             "replicas": R, "atoms": self.n_atoms, "ensemble": cfg.ensemble,
             "wall_s": wall, "first_chunk_s": first_chunk_s,
             "steps_per_s": steps_done / wall if wall > 0 else 0.0,
-            "ns_per_day": steps_done / wall * cfg.timestep_fs * 86400 / 1e6 if wall > 0 else 0,
+            "ns_per_day": self._ns_per_day(steps_done, wall),
             "compilations": len(self.compiled), "compiled": sorted(map(str, self.compiled)),
             "neighbor_capacity": engine.capacity_of(run.nbrs), "overflows": self.overflows,
             "replica_block": self.replica_block,
         }
         summary["aggregate_ns_per_day"] = summary["ns_per_day"] * R
+        if self.minimization is not None:
+            summary["minimization"] = self.minimization
         if out is not None:
             atomic_write_bytes(os.path.join(out, "summary.json"),
                                json.dumps(summary, indent=2).encode())
+            summary["plots"] = self._write_plots(out)
         self.final_state = run.state
         return summary
+
+    def _ns_per_day(self, steps: int, seconds: float) -> float:
+        return steps / seconds * self.cfg.timestep_fs * 86400 / 1e6 if seconds > 0 else 0.0
+
+    def _start_output(self, run: RunState, obs0: dict, writers, ckpt_path: str) -> None:
+        """Step 0 into fresh files (header, observables, frame), then the checkpoint that
+        says so."""
+        for r, w in enumerate(writers):
+            w.start()
+            w.write_observables([self._row(obs0, r, None, 0)])
+            w.write_frames([self._frame(run.state, obs0, r, None, None, 0)])
+        run.started = True
+        self._checkpoint(ckpt_path, run, writers)
+
+    def _write_plots(self, out: str | None) -> list[str]:
+        """energy.png and temperature.png from the observables files (cfg.plots)."""
+        if out is None or not self.cfg.plots:
+            return []
+        R = self.cfg.replicas
+        thermostat = self.integ.conserved is not None
+        target = self.cfg.temperature_K if thermostat else None
+        return output.write_plots(out, [output.replica_dir(out, r, R) for r in range(R)],
+                                  target, "conserved energy" if thermostat else
+                                  "total energy")
 
     # ------------------------------------------------------------------ host pieces
     def _writers(self, out: str, columns: list[str]) -> list[output.ReplicaWriter]:
         os.makedirs(out, exist_ok=True)
         R = self.cfg.replicas
         return [output.ReplicaWriter(output.replica_dir(out, r, R), self.cfg.trajectory_format,
-                                     self.cfg.observables_format, columns)
+                                     self.cfg.observables_format, columns, self.starts[r],
+                                     self.cfg.timestep_fs, self.cfg.frame_every)
                 for r in range(R)]
 
     def _row(self, obs: dict, r: int, j: int | None, step: int) -> dict:
@@ -393,11 +569,12 @@ class Simulation:
     def _checkpoint(self, path: str, run: RunState, writers) -> None:
         files = [w.sizes() for w in writers]
         checkpoint.save(path, run, self.cfg, self.n_atoms, files,
-                        columns=writers[0].columns)
+                        columns=writers[0].columns, model=self.model_id)
 
     def _resume(self, path: str) -> tuple[RunState, dict]:
         leaves, meta = checkpoint.load(path)
         checkpoint.check_compatible(path, meta, self.cfg, self.n_atoms)
+        checkpoint.check_same_model(path, meta, self.model_id)
         template = self.initial_state(minimize_first=False)
         state, term_states = checkpoint.restore_leaves(
             path, leaves[:-2], (template.state, template.term_states))
@@ -408,32 +585,46 @@ class Simulation:
                               exact_capacity=meta["neighbor_capacity"])
         nbrs = nbrs.set(idx=jnp.asarray(idx), reference_position=jnp.asarray(ref))
         meta.setdefault("columns", None)
-        return RunState(state, term_states, nbrs, meta["step"], meta["t0"]), meta
+        run = RunState(state, term_states, nbrs, meta["step"], meta["t0"], meta.get("e0"),
+                       meta.get("started", True))
+        if run.e0 is None:  # written before the energy check: its reference is now
+            run.e0 = [float(e) for e in self._observe(run)["potential_energy"]]
+        return run, meta
 
-    def _blowup(self, bad, obs, run: RunState, out) -> None:
+    def _blowup(self, alarm, run: RunState, out, ke_limit, pe_limit) -> None:
+        """Raise the SimulationError for the first alarm of a chunk: which replica, step
+        and time, what happened (temperature, energy or bond, with the values and the
+        limit that was applied) and what was kept."""
         cfg = self.cfg
-        r = int(np.argmin(np.where(bad >= 0, bad, np.iinfo(np.int32).max)))
-        stop = run.step + int(bad[r])
-        t = np.asarray(obs["temperature"])[r]
-        j = min((int(bad[r]) - 1) // cfg.observe_every, len(t) - 1)
-        temp = t[j]
-        what = ("the kinetic energy became non-finite (NaN/inf)" if not np.isfinite(temp)
-                else f"the temperature reached {temp:.0f} K (limit "
-                     f"{self.temperature_limit(run.t0):.0f} K = "
-                     f"{cfg.blowup_temperature_factor} × max(target, initial))")
+        steps, kinds, index, value = (np.asarray(x) for x in alarm)
+        r = int(np.argmin(np.where(steps >= 0, steps, np.iinfo(np.int32).max)))
+        stop = run.step + int(steps[r])
+        kind, v = int(kinds[r]), float(value[r])
+        if kind == engine.ALARM_TEMPERATURE:
+            to_K = 2.0 / (self.integ.dof * KB)
+            limit = float(ke_limit[r]) * to_K
+            what = ("the kinetic energy became non-finite (NaN/inf)" if not np.isfinite(v)
+                    else f"the temperature reached {v * to_K:.0f} K (limit {limit:.0f} K = "
+                         f"blowup_temperature_factor {cfg.blowup_temperature_factor:g} × "
+                         f"max(target, initial, 10 K))")
+            hint = "Try a smaller timestep, minimize = true, or check the structure and model"
+        elif kind == engine.ALARM_BOND:
+            what = self._bond_text(int(index[r]), v)
+            hint = ("Try a smaller timestep, minimize = true, or check the structure and "
+                    "model; for a reactive simulation set check_bonds = false")
+        else:
+            e0 = float(run.e0[r])
+            what = ("the potential energy became non-finite (NaN/inf)" if not np.isfinite(v)
+                    else f"the potential energy jumped to {v:.4f} eV, {v - e0:.4f} eV above "
+                         f"its value at step 0 ({e0:.4f} eV; limit +"
+                         f"{float(pe_limit[r]) - e0:.4f} eV = blowup_energy_kT "
+                         f"{cfg.blowup_energy_kT:g} × {self.n_atoms} atoms × kT at "
+                         f"{max(cfg.temperature_K, run.t0, 10.0):.0f} K)")
+            hint = ("Try a smaller timestep, minimize = true, or check the structure and "
+                    "model; set check_energy = false (or raise blowup_energy_kT) if the "
+                    "rise is expected")
         kept = "" if out is None else (f"; frames before step {stop} and the checkpoint at "
                                        f"step {run.step} in {out} are kept")
         raise SimulationError(
-            f"replica {r}: simulation blew up at step {stop} (t = {stop * cfg.timestep_fs:g} "
-            f"fs): {what}{kept}. Try a smaller timestep, minimize = true, or check the "
-            "structure and model")
-
-    def _report(self, step, steps_done, elapsed) -> None:
-        cfg = self.cfg
-        sps = steps_done / max(elapsed, 1e-9)
-        ns_day = sps * cfg.timestep_fs * 86400 / 1e6
-        eta = (cfg.steps - step) / max(sps, 1e-9)
-        agg = f" ({ns_day * cfg.replicas:.2f} ns/day aggregate)" if cfg.replicas > 1 else ""
-        print(f"step {step}/{cfg.steps}  {sps:.1f} steps/s  {ns_day:.3f} ns/day{agg}  "
-              f"ETA {_fmt_time(eta)}  compilations {len(self.compiled)}",
-              file=sys.stderr, flush=True)
+            f"replica {r}: simulation blew up at step {stop} (t = "
+            f"{stop * cfg.timestep_fs:g} fs): {what}{kept}. {hint}")

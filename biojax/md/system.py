@@ -117,6 +117,33 @@ def repartitioned_masses(atoms: ase.Atoms, hydrogen_mass: float) -> np.ndarray:
     return masses
 
 
+# elements that form the covalent bonds of molecules (non-metals and metalloids); pairs
+# involving metals or noble gases exchange neighbours in liquids and melts, so they are
+# not treated as bonds
+COVALENT_ELEMENTS = frozenset({1, 5, 6, 7, 8, 9, 14, 15, 16, 17, 32, 33, 34, 35, 52, 53})
+
+
+def covalent_bonds(atoms: ase.Atoms, scale: float = 1.2) -> tuple[np.ndarray, np.ndarray]:
+    """The covalent bonds of a structure, found as :func:`repartitioned_masses` finds them:
+    pairs closer than ``scale`` × the sum of their covalent radii (minimum image in
+    periodic cells), both atoms non-metals or metalloids (``COVALENT_ELEMENTS``: no
+    metal, ionic or noble-gas neighbours). Returns the pairs (B, 2) int32 with i < j and
+    their reference lengths (B,) Å: the larger of the starting length and the sum of
+    covalent radii, so a bond that starts squeezed is judged against a normal length."""
+    from ase.data import covalent_radii
+    from ase.neighborlist import neighbor_list
+
+    numbers = atoms.get_atomic_numbers()
+    i, j, d = neighbor_list("ijd", atoms, scale * covalent_radii[numbers])
+    covalent = np.isin(numbers, sorted(COVALENT_ELEMENTS))
+    keep = (i < j) & covalent[i] & covalent[j]
+    i, j, d = i[keep], j[keep], d[keep]
+    if len(i) == 0:
+        return np.zeros((0, 2), np.int32), np.zeros((0,), np.float32)
+    ref = np.maximum(d, covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
+    return np.stack([i, j], axis=1).astype(np.int32), ref.astype(np.float32)
+
+
 def orthorhombic_displacement(side: np.ndarray) -> Callable:
     """Minimum-image displacement Ra − Rb (Å) in an orthorhombic box of sides ``side``.
 
