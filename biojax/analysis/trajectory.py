@@ -110,7 +110,9 @@ def read_positions(path: str | os.PathLike, topology: str | None = None) -> np.n
             arr = z[keys[0] if keys else z.files[0]]
     elif low.endswith(_MDTRAJ_SUFFIXES):
         if topology is None:
-            raise DataError(f"{path}: reading {os.path.splitext(path)[1]} needs a topology")
+            raise DataError(f"{path}: reading {os.path.splitext(path)[1]} needs a topology "
+                            "(a PDB: set trajectory.topology, or put topology.pdb beside it "
+                            "as biojax simulate does)")
         import mdtraj
         arr = mdtraj.load(path, top=topology).xyz * NM  # nm -> Å
     else:
@@ -154,9 +156,15 @@ def check_finite_positions(positions: np.ndarray, source: str, chunk: int = 4096
 
 def load_trajectory(path: str | os.PathLike, topology: str | os.PathLike | None = None,
                     stride: int = 1) -> Trajectory:
-    """Read a trajectory (Å) and optional topology file, checking their atom counts agree."""
+    """Read a trajectory (Å) and optional topology file, checking their atom counts agree.
+
+    A DCD/XTC file without a topology uses the ``topology.pdb`` beside it, which
+    ``biojax simulate`` writes with those formats."""
     if stride < 1:
         raise DataError(f"{path}: stride must be >= 1, got {stride}")
+    if topology is None and os.fspath(path).lower().endswith(_MDTRAJ_SUFFIXES):
+        beside = os.path.join(os.path.dirname(os.fspath(path)), "topology.pdb")
+        topology = beside if os.path.isfile(beside) else None
     top = read_topology(topology) if topology is not None else None
     pos = read_positions(path, None if topology is None else os.fspath(topology))[::stride]
     if top is not None and top.n_atoms != pos.shape[1]:
