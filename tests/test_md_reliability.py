@@ -285,6 +285,33 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert snapshot(out) == before
 
 
+def test_first_checkpoint_comes_before_any_output(tmp_path):
+    """A run killed after its first checkpoint but before writing step 0 (the checkpoint
+    says started = false, no output files yet) resumes to the same bytes; one killed
+    before that checkpoint has written nothing, so starting again is safe."""
+    import json
+
+    cfg = default_config(ensemble="nvt-langevin", timestep_fs=2.0, temperature_K=120.0,
+                         steps=100, chunk_steps=50, observe_every=10, frame_every=50,
+                         trajectory_format="dcd", plots=False)
+    Simulation(argon(), lj(), cfg).run(str(tmp_path / "full"))
+    Simulation(argon(), lj(), cfg).run(str(tmp_path / "killed"), max_chunks=0)
+    ckpt = tmp_path / "killed" / "checkpoint.npz"
+    with np.load(ckpt) as z:
+        arrays = dict(z)
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    assert meta["step"] == 0 and meta["started"]
+    meta["started"] = False
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(ckpt, **arrays)
+    for name in ("trajectory.dcd", "observables.csv", "topology.pdb"):
+        (tmp_path / "killed" / name).unlink()
+    Simulation(argon(), lj(), cfg).run(str(tmp_path / "killed"), resume=True)
+    for name in ("trajectory.dcd", "observables.csv", "topology.pdb"):
+        assert (tmp_path / "full" / name).read_bytes() == \
+            (tmp_path / "killed" / name).read_bytes(), name
+
+
 # ------------------------------------------------------------------ D. DCD / XTC
 @pytest.mark.parametrize("fmt", ["dcd", "xtc"])
 def test_dcd_xtc_resume_byte_identically(tmp_path, fmt):
