@@ -365,10 +365,4 @@ def test_help_is_complete_and_one_line_per_command(capsys, monkeypatch):
                 missing.append(f"biojax {name} {'/'.join(action.option_strings) or action.dest}")
             elif action.help.rstrip()[-1] in "(,;:-":
                 missing.append(f"biojax {name} {action.dest}: ends in {action.help[-1]!r}")
-    # the analysis command and the top level are this file's; the others' owners were
-    # told (simulate --steps/--replicas, evaluate --batch-size had none): until they add
-    # them this reports an expected failure that lists what is missing
-    mine = [m for m in missing if m.split()[1] == "analyze"]
-    assert not mine, f"arguments without a (complete) help text: {mine}"
-    if missing:
-        pytest.xfail(f"arguments without a (complete) help text: {missing}")
+    assert not missing, f"arguments without a (complete) help text: {missing}"

@@ -162,8 +162,9 @@ def register(subparsers) -> None:
                    "or an import path module:factory")
     p.add_argument("--timestep", type=float, metavar="FS", help="time step (fs)")
     p.add_argument("--temperature", type=float, metavar="K", help="temperature (K)")
-    p.add_argument("--steps", type=int, metavar="N")
-    p.add_argument("--replicas", type=int, metavar="R")
+    p.add_argument("--steps", type=int, metavar="N", help="number of MD steps (sets steps)")
+    p.add_argument("--replicas", type=int, metavar="R",
+                   help="independent replicas run together (sets replicas)")
     p.add_argument("--out", metavar="DIR", help="output directory (sets out)")
     p.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     p.add_argument("--overwrite", action="store_true",
