@@ -10,7 +10,6 @@ command to check the exit status and stderr of a process.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from ase.build import bulk, molecule
 from ase.io import write
 
 from biojax.cli import main
+from helpers import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "examples")
@@ -188,15 +188,6 @@ CASES = [
 ]
 
 
-def snapshot(folder) -> dict:
-    """sha256 of every file under ``folder`` (relative path -> digest)."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -14,7 +14,6 @@ structure is read through openmm; energy and temperature plots are written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import subprocess
@@ -34,6 +33,7 @@ from biojax.md.config import default_config
 from biojax.md.simulation import Simulation
 from biojax.md.stage import load_structure
 from biojax.nn.classical import lennard_jones
+from helpers import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EX = os.path.join(ROOT, "examples")
@@ -57,14 +57,6 @@ def lj(epsilon=0.0103, cutoff=8.5):
     return lennard_jones([18], 3.405, epsilon, cutoff=cutoff)
 
 
-def snapshot(folder) -> dict:
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def cli(argv, capsys):

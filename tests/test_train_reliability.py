@@ -6,7 +6,6 @@ afterwards. Runs are tiny (SchNet, 8 features, 16 frames) so the whole file stay
 under two minutes.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import pytest
 
 from biojax.cli import main as cli
 from biojax.core.errors import DataError, ModelError
+from helpers import snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CU_RECIPE = os.path.join(ROOT, "examples", "data", "recipes", "cu_emt.toml")
@@ -45,15 +45,6 @@ seed = 2
 
 
 # ------------------------------------------------------------------------- helpers
-def snapshot(folder) -> dict:
-    """sha256 of every file under ``folder`` (relative path -> digest)."""
-    out = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def fails(capsys, argv, *messages, keep=None) -> str:
