@@ -132,6 +132,12 @@ def map_replicas(fn: Callable, replicas: int, block: int) -> Callable:
     return blocked
 
 
+def space_kwargs(nbrs, box=None) -> dict:
+    """The keyword arguments energy, force and integrator calls take: the neighbor list,
+    and the box when it lives in the state (NPT)."""
+    return {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+
+
 def make_observe(integ: Integrator, potential_fn: Callable, terms: Sequence,
                  extra_observables: dict, sys_space: SystemSpace) -> Callable:
     """observe(state, term_states, nbrs, kT) -> dict of scalars (eV, K, bar, Å³) and the
@@ -140,7 +146,7 @@ def make_observe(integ: Integrator, potential_fn: Callable, terms: Sequence,
 
     def observe(state, term_states, nbrs, kT):
         box = integ.box(state)
-        kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+        kw = space_kwargs(nbrs, box)
         pe = potential_fn(state.position, **kw)
         ke = kinetic_energy(state.momentum, state.mass)
         out = {"potential_energy": pe, "kinetic_energy": ke}
@@ -215,13 +221,13 @@ def make_chunk(integ: Integrator, observe: Callable, terms: Sequence, n_frames: 
     def one_step(_, carry):
         state, term_states, nbrs, alarm, n, dt, kT, ke_limit, pe_limit = carry
         box = integ.box(state)
-        kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+        kw = space_kwargs(nbrs, box)
         state = integ.step(state, dt, kT, term_states=term_states, **kw)
         box = integ.box(state)
         nbrs = nbrs.update(state.position) if box is None else \
             nbrs.update(state.position, box=box)
         if terms:
-            kw = {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
+            kw = space_kwargs(nbrs, box)
             term_states = update_term_states(terms, term_states, state.position, **kw)
         ke = kinetic_energy(state.momentum, state.mass)
         hot = jnp.logical_not(jnp.isfinite(ke)) | (ke > ke_limit)

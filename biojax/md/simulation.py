@@ -138,9 +138,6 @@ class Simulation:
         """fn over the replica axis (engine.map_replicas), jitted."""
         return jax.jit(engine.map_replicas(fn, self.cfg.replicas, self.replica_block))
 
-    def _kw(self, nbrs, box=None) -> dict:
-        return {"neighbor": nbrs} if box is None else {"neighbor": nbrs, "box": box}
-
     def _allocate(self, positions, boxes=None, **kw):
         return engine.allocate(self.neighbor_fn, positions, box_kwargs=boxes, **kw)
 
@@ -184,7 +181,7 @@ class Simulation:
             def energy_force(R, nbrs):
                 # in fractional coordinates jax-md's periodic_general differentiates to
                 # Cartesian forces, and shift_fn takes Cartesian displacements
-                e, g = jax.value_and_grad(energy_fn)(R, term_states=ts, **self._kw(nbrs, box))
+                e, g = jax.value_and_grad(energy_fn)(R, term_states=ts, **engine.space_kwargs(nbrs, box))
                 return e, -g
 
             def cond(c):
@@ -302,7 +299,7 @@ class Simulation:
 
         def init(key, R, nbrs, ts, kT, p, box):
             return self.integ.init(key, R, mass, kT, momenta=p, term_states=ts,
-                                   **self._kw(nbrs, box))
+                                   **engine.space_kwargs(nbrs, box))
 
         state = self._map(init)(keys, positions, nbrs, term_states, self.kT, momenta, box)
         return RunState(state, term_states, nbrs, 0, 0.0)
