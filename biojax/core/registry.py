@@ -93,7 +93,7 @@ features = Registry("analysis feature")       # factory(trajectory, config) -> t
 stages = Registry("stage")                    # module with Config, load_config, run
 
 _PROVIDERS: dict[str, tuple[str, ...]] = {
-    "model": ("biojax.nn.models", "biojax.nn.classical"),
+    "model": ("biojax.nn.models", "biojax.nn.classical", "biojax.cg.spline"),
     "loss term": ("biojax.train.losses",),
     "integrator": ("biojax.md.integrators",),
     "energy term": ("biojax.md.terms",),
@@ -101,7 +101,7 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     "reference engine": ("biojax.data.reference",),
     "analysis feature": ("biojax.analysis.pipeline",),
     "stage": ("biojax.data.stage", "biojax.train.stage", "biojax.md.stage",
-              "biojax.analysis.stage"),
+              "biojax.analysis.stage", "biojax.cg.stage"),
 }
 
 
