@@ -14,7 +14,8 @@ from biojax.core.errors import BiojaxError
 # the order of ``biojax --help``: stage names, and the non-stage commands' register functions
 _ORDER = ("run", "sample", "label", "train", "evaluate", "simulate", "analyze",
           "coarse-grain")
-_COMMANDS = {"label": "biojax.data.stage:register_label",
+_COMMANDS = {"run": "biojax.pipeline:register",
+             "label": "biojax.data.stage:register_label",
              "evaluate": "biojax.train.stage:register_evaluate"}
 
 
