@@ -493,11 +493,13 @@ def plan(config_path: str | os.PathLike, out: str | os.PathLike | None = None,
                               f"stages: {', '.join(names)} (or name another step's stage in "
                               "[run.alias], e.g. nve = \"simulate\")")
         kinds[name] = kind
-    for name in run_cfg.alias:
-        if name not in kinds:
-            raise ConfigError(f"{where} [run.alias]: {name!r} is not in [run] stages")
-    for table in data:
-        if table != "run" and table not in kinds and table not in names:
+    for name, kind in run_cfg.alias.items():
+        if kind not in names and ":" not in kind:
+            raise ConfigError(f"{where} [run.alias] {name}: unknown stage {kind!r}; "
+                              f"registered stages: {', '.join(names)}")
+    for table in data:  # tables of steps not run now (a stage or alias name) are allowed
+        if table != "run" and table not in kinds and table not in names \
+                and table not in run_cfg.alias:
             raise ConfigError(f"{where}: unknown table [{table}]; tables are [run] and one "
                               f"per step of [run] stages ({', '.join(run_cfg.stages)})")
     if only:

@@ -347,7 +347,7 @@ h2{margin-top:2em;color:#234;border-bottom:1px solid #ccd}table{border-collapse:
 margin:.8em 0}td,th{border:1px solid #ccd;padding:.25em .6em;text-align:left}
 th{background:#eef}ul.numbers{list-style:none;padding-left:0}ul.numbers li{margin:.2em 0}
 .figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;flex:1 1 420px;max-width:540px}
-figure img{width:100%;border:1px solid #dde}figcaption{font-size:.9em;color:#555}
+figure.wide{flex-basis:100%;max-width:100%}figure img{width:100%;border:1px solid #dde}figcaption{font-size:.9em;color:#555}
 code{background:#f4f4f8;padding:0 .2em}"""
 
 
@@ -374,7 +374,8 @@ def render_html(title: str, sections: list[Section], run_dir: str) -> str:
             for rel, caption in s.images:
                 with open(os.path.join(run_dir, rel), "rb") as f:
                     data = base64.b64encode(f.read()).decode()
-                parts.append(f"<figure><img alt='{esc(caption)}' "
+                wide = _aspect(os.path.join(run_dir, rel)) > 2.0
+                parts.append(f"<figure{' class=wide' if wide else ''}><img alt='{esc(caption)}' "
                              f"src='data:image/png;base64,{data}'><figcaption>{esc(rel)}: "
                              f"{esc(caption)}</figcaption></figure>")
             parts.append("</div>")
@@ -383,10 +384,44 @@ def render_html(title: str, sections: list[Section], run_dir: str) -> str:
     return "\n".join(parts)
 
 
+def _aspect(path: str) -> float:
+    """Width / height of a PNG (from its IHDR chunk); 1.0 when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return w / h if head[:8] == b"\x89PNG\r\n\x1a\n" and h else 1.0
+    except OSError:
+        return 1.0
+
+
 def _inline(text: str) -> str:
     """Escape, keeping `code` spans."""
     pieces = html.escape(text).split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+
+
+HEADLINES = ("test energy MAE", "test force MAE", "valid force MAE", "mean temperature",
+             "energy conservation (NVE)", "mean volume", "lattice constant",
+             "basins visited", "slowest implied timescales")
+
+
+def _key_section(sections: list[Section]) -> Section:
+    """The headline numbers of every step, first in the report."""
+    s = Section("key numbers")
+    for sec in sections:
+        step = sec.title.split(":")[0]
+        chosen = [(label, value) for label, value in sec.numbers if label in HEADLINES]
+        if not chosen and sec.numbers and not any(
+                sec.title.endswith(t) for t in ("trained potential", "free energies")):
+            chosen = sec.numbers[:4]
+        for label, value in chosen:
+            s.number(f"{step} · {label}", value)
+        for header, rows in sec.tables[-1:]:
+            if header[0] == "region":
+                s.number(f"{step} · basin populations", "; ".join(
+                    f"{r[0]} {r[1]}" for r in rows))
+    return s
 
 
 def write_report(run_dir: str, manifest: dict, plan=None) -> list[str]:
@@ -397,7 +432,7 @@ def write_report(run_dir: str, manifest: dict, plan=None) -> list[str]:
     title = (getattr(plan.run, "title", "") if plan is not None else "") or \
         f"biojax run: {os.path.basename(manifest.get('config_file', 'run'))}"
     sections, key = build(run_dir, manifest, plan)
-    sections = sections + [_run_section(manifest)]
+    sections = [_key_section(sections)] + sections + [_run_section(manifest)]
     numbers = {s.title: getattr(s, "numbers_dict", None) for s in sections
                if getattr(s, "numbers_dict", None)}
     atomic_write_text(os.path.join(run_dir, "report.md"), render_markdown(title, sections))
