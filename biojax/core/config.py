@@ -258,13 +258,17 @@ def resolve_paths(config: T, base_dir: str | os.PathLike, keep: Iterable[str] = 
 
 
 def load(cls: type[T], path: str | os.PathLike, overrides: Iterable[Override] = (),
-         table: str | None = None) -> T:
+         table: str | None = None, flatten: str | None = None) -> T:
     """Read TOML file ``path`` into dataclass ``cls``: overrides merged, types checked,
-    paths resolved (see the module doc). ``table``: the config may sit in ``[table]``."""
+    paths resolved (see the module doc). ``table``: the config may sit in ``[table]``.
+    ``flatten``: the keys of that table join the top level (a ``[coarse_grain]`` table
+    holding the top-level settings beside the other tables)."""
     path = os.fspath(path)
     data = load_toml(path)
     if table and isinstance(data.get(table), dict):
         data = data[table]
+    if flatten and isinstance(data.get(flatten), dict):
+        data = {**{k: v for k, v in data.items() if k != flatten}, **data[flatten]}
     overrides = list(overrides)
     data, keys_set = apply_overrides(data, overrides, table)
     where = f"{path} (with command-line overrides)" if overrides else path

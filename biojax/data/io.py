@@ -312,7 +312,12 @@ def read_isolated_atoms(path: str | os.PathLike) -> dict[int, float]:
 
 def fit_reference_energies(structures: Sequence[Structure],
                            elements: Sequence[int]) -> np.ndarray:
-    """Least-squares per-element energies (eV) so that E ≈ Σ_atoms e[element]."""
+    """Least-squares per-element energies (eV) so that E ≈ Σ_atoms e[element], over the
+    structures that have an energy (zeros when none has: a forces-only dataset, e.g.
+    coarse-grained force matching)."""
+    structures = [s for s in structures if s.energy is not None]
+    if not structures:
+        return np.zeros(len(elements))
     counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], float)
     energies = np.array([s.energy for s in structures], float)
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)

@@ -211,3 +211,22 @@ def _morse_model(num_species: int, cutoff: float, r_onset: float, D=None, alpha=
     """The Morse PairModel; ``D``, ``alpha``, ``r0`` are recorded for readers, the
     parameters hold them as per-species-pair matrices."""
     return PairModel("morse", float(cutoff), float(r_onset))
+
+
+class ZeroModel:
+    """A model with no parameters and zero energy: the learned part of a prior-only
+    coarse-grained model (``biojax.cg``), so it runs through the same Potential path."""
+
+    neighbor_format = "ordered-sparse"
+
+    def init(self, key, graph: Graph):
+        return {}
+
+    def apply(self, params, graph: Graph):
+        return jnp.zeros(graph.species.shape, graph.vectors.dtype)
+
+
+@models.register("zero")
+def _zero_model(num_species: int, cutoff: float) -> ZeroModel:
+    """The ZeroModel (no hyperparameters)."""
+    return ZeroModel()

@@ -152,12 +152,14 @@ def per_species_scale_shift(structures: list[Structure], species_of, reference_e
                             n_species: int) -> tuple[float, tuple[float, ...]]:
     """Scale (eV: RMS force component, else per-atom energy spread) and per-species shift
     (eV/atom: least-squares fit of the energy left after reference energies)."""
-    counts = np.zeros((len(structures), n_species))
-    residual = np.zeros(len(structures))
-    for i, s in enumerate(structures):
+    structures_e = [s for s in structures if s.energy is not None]
+    counts = np.zeros((len(structures_e), n_species))
+    residual = np.zeros(len(structures_e))
+    for i, s in enumerate(structures_e):
         counts[i] = np.bincount(species_of(s.numbers), minlength=n_species)
-        residual[i] = (s.energy or 0.0) - reference_energy_of(s.numbers)
-    shifts, *_ = np.linalg.lstsq(counts, residual, rcond=None)
+        residual[i] = s.energy - reference_energy_of(s.numbers)
+    shifts = (np.linalg.lstsq(counts, residual, rcond=None)[0] if len(structures_e)
+              else np.zeros(n_species))  # forces-only data: no energy offsets to fit
     forces = [s.forces for s in structures if s.forces is not None]
     if forces:
         scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2)))
@@ -351,10 +353,15 @@ def _remove_litter(workdir: str) -> None:
 
 
 def _summary(metrics: dict, label: str) -> str:
-    nan = float("nan")
-    return (f"{label} energy MAE {metrics.get('energy_mae', nan):.2f} meV "
-            f"({metrics.get('energy_per_atom_mae', nan):.2f} meV/atom), "
-            f"force MAE {metrics.get('forces_mae', nan):.2f} meV/Å")
+    """'label energy MAE … (… meV/atom), force MAE … meV/Å', leaving out what the data
+    had no labels for (a forces-only dataset has no energy MAE)."""
+    parts = []
+    if np.isfinite(metrics.get("energy_mae", np.nan)):
+        parts.append(f"energy MAE {metrics['energy_mae']:.2f} meV "
+                     f"({metrics.get('energy_per_atom_mae', np.nan):.2f} meV/atom)")
+    if np.isfinite(metrics.get("forces_mae", np.nan)):
+        parts.append(f"force MAE {metrics['forces_mae']:.2f} meV/Å")
+    return f"{label} {', '.join(parts) or 'no energy or force labels'}"
 
 
 def _read_log(path: str) -> list[dict]:
@@ -529,8 +536,9 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
             n_train = steps_per_epoch * batch_size
             bar.set(loss=f"{train_loss:.3g}", F=f"{valid.get('forces_mae', float('nan')):.1f}")
             log(f"epoch {epoch:4d}/{t.epochs}  loss {train_loss:.4g}  "
-                f"val E {valid.get('energy_mae', float('nan')):.2f} meV  "
-                f"F {valid.get('forces_mae', float('nan')):.2f} meV/Å  "
+                + (f"val E {valid['energy_mae']:.2f} meV  "
+                   if np.isfinite(valid.get("energy_mae", np.nan)) else "val ")
+                + f"F {valid.get('forces_mae', float('nan')):.2f} meV/Å  "
                 f"lr {first_lr:.2e}  "
                 f"{n_train / progress['last_epoch_seconds']:.0f} conf/s  "
                 f"{progress['seconds'] / 60:.1f} min{'  *' if improved else ''}")
