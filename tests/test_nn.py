@@ -334,3 +334,30 @@ def test_calculator_padding_never_shrinks():
     np.testing.assert_allclose(forces, fresh.get_forces(), atol=1e-10)
     np.testing.assert_allclose(small.get_potential_energy(), fresh.get_potential_energy(),
                                atol=1e-10)
+
+
+def test_chiral_painn_tells_mirror_images_apart_and_stays_rotation_invariant():
+    """Plain PaiNN gives a molecule and its mirror image the same energy; the chiral
+    readout (pseudo-scalars a·(b×c)) must not, while rotations still change nothing."""
+    atoms = ethanol()
+    mirror = atoms.copy()
+    mirror.positions[:, 0] *= -1
+    arch = {"name": "painn", "features": 16, "n_interactions": 2, "chiral": True}
+    chiral = init_potential(arch, (1, 6, 8), 4.0, key=jax.random.PRNGKey(1),
+                            dtype=jnp.float64)
+    # the chiral weights start small; scale them so the effect is far above round-off
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: 30 * x if "chiral" in jax.tree_util.keystr(path) else x,
+        chiral.params)
+    energies = {}
+    for name, pot in (("plain", potential_for("painn")),
+                      ("chiral", chiral.replace(params=params))):
+        calc = BiojaxCalculator(pot)
+        energies[name] = [calc.get_potential_energy(a) for a in (atoms, mirror)]
+        rotated = atoms.copy()
+        q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(3, 3)))
+        rotated.positions = atoms.positions @ (q * np.sign(np.linalg.det(q))).T
+        assert calc.get_potential_energy(rotated) == pytest.approx(energies[name][0],
+                                                                   abs=1e-9)
+    assert energies["plain"][0] == pytest.approx(energies["plain"][1], abs=1e-9)
+    assert abs(energies["chiral"][0] - energies["chiral"][1]) > 1e-4

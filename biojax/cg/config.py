@@ -54,6 +54,10 @@ class MappingConfig:
     groups: tuple[tuple[int, ...], ...] = ()
     center: Literal["mass", "geometry"] = "mass"
     allow_unassigned: bool = False
+    # what models see as each bead's species: its central atom's element, or one type per
+    # bead index (atomic numbers 1..B stand for the types; for small molecules such as
+    # alanine dipeptide, where each backbone bead is chemically distinct)
+    bead_types: Literal["element", "index"] = "element"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,6 +118,9 @@ def _mapping(config: CoarseGrainConfig, n_sites: int) -> cgmap.Mapping:
             mapping = cgmap.from_groups(m.groups, masses, numbers, center=m.center,
                                         allow_unassigned=m.allow_unassigned,
                                         atom_names=names)
+    if m.bead_types == "index":
+        mapping = dataclasses.replace(mapping,
+                                      bead_numbers=tuple(range(1, mapping.n_beads + 1)))
     if mapping.n_atoms != n_sites:
         raise DataError(f"{top}: the topology has {mapping.n_atoms} atoms but the frames in "
                         f"{config.data.coordinates} have {n_sites} sites")

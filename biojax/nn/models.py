@@ -123,7 +123,12 @@ class SchNet(nn.Module):
 # ---------------------------------------------------------------- PaiNN
 @models.register("painn")
 class PaiNN(nn.Module):
-    """Equivariant message passing with scalar and vector features (PaiNN class)."""
+    """Equivariant message passing with scalar and vector features (PaiNN class).
+
+    ``chiral``: the readout also sees pseudo-scalars a·(b×c) of three learned mixtures of
+    each atom's vector features, which change sign under reflection, so the energy can
+    tell a structure from its mirror image (e.g. the αR and αL basins of a coarse-grained
+    peptide); plain PaiNN, like SchNet, is blind to chirality."""
 
     num_species: int
     cutoff: float
@@ -132,6 +137,7 @@ class PaiNN(nn.Module):
     n_basis: int = 20
     basis: str = "bessel"
     envelope: str = "cosine"
+    chiral: bool = False
 
     @nn.compact
     def __call__(self, graph: Graph):
@@ -162,6 +168,10 @@ class PaiNN(nn.Module):
             avv, asv, ass = jnp.split(a, 3, axis=-1)
             v = v + avv[:, None, :] * uv
             s = s + ass + asv * jnp.sum(uv * vv, axis=1)
+        if self.chiral:
+            a, b, c = (nn.Dense(F, use_bias=False, name=f"chiral_{k}")(v) for k in "abc")
+            triple = jnp.sum(a * jnp.cross(b, c, axisa=1, axisb=1, axisc=1), axis=1)
+            s = jnp.concatenate([s, triple], -1)
         out = nn.Dense(F // 2, name="readout_0")(s)
         return nn.Dense(1, name="readout_1")(jax.nn.silu(out))[:, 0]
 
