@@ -22,8 +22,8 @@ latest earlier step of the producing kind):
 - ``simulate`` → ``analyze``: ``trajectory.paths`` = the replicas' trajectories,
   ``trajectory.frame_interval_fs`` = ``frame_every × timestep_fs`` unless given,
   ``output.directory`` = the step's folder;
-- ``train``/``simulate`` → ``coarse-grain``: see :data:`WIRING` (filled only where the
-  stage's config has such keys).
+- ``simulate`` → ``coarse-grain``: ``data.coordinates`` = the fine-grained trajectory
+  (one replica, ``write_forces = true``), unless the step names its own data.
 
 A wired key that the config also sets is an error (say which you mean: drop the key or
 the producing step). The run directory ``DIR`` holds::
@@ -359,36 +359,17 @@ def _wire_analyze(step, earlier, out):
 
 
 def _wire_coarse_grain(step, earlier, out):
-    """The fine-grained trajectories of this run (and their frame spacing) for the CG
-    stage, where its config has the keys (see biojax/cg/stage.py)."""
-    wired = {}
-    cls = getattr(step.module, "Config", None)
-    keys = _config_keys(cls)
+    """The fine-grained trajectory of this run for the CG stage's ``[data] coordinates``
+    (forces from the same file: the simulate step needs ``write_forces = true`` and one
+    replica, as the stage reads one file), unless the step names its own data (e.g. the
+    shipped CGnet frames). The stage writes into its folder; there is no path to fill."""
     sim = _latest(earlier, "simulate")
-    if sim is not None:
-        for key in ("data.trajectories", "fine_grained.trajectories", "trajectories"):
-            if key in keys:
-                wired[key] = _trajectories(sim, out)
-                break
-    for key in ("output.directory", "out"):
-        if key in keys:
-            wired[key] = os.path.join(out, step.name)
-            break
-    return wired
-
-
-def _config_keys(cls, prefix: str = "") -> set[str]:
-    """Dotted keys of a config dataclass (tables recursed)."""
-    keys = set()
-    if not dataclasses.is_dataclass(cls):
-        return keys
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        keys.add(prefix + f.name)
-        sub = _dataclass_of(hints.get(f.name))
-        if sub and sub[1] == "one":
-            keys |= _config_keys(sub[0], prefix + f.name + ".")
-    return keys
+    if sim is None or _get(step.raw, "data.coordinates"):
+        return {}
+    paths = _trajectories(sim, out)
+    if len(paths) != 1 or _is_glob(paths[0]):
+        return {}
+    return {"data.coordinates": paths[0]}
 
 
 WIRING = {"train": _wire_train, "simulate": _wire_simulate, "analyze": _wire_analyze,
@@ -672,6 +653,8 @@ def machine() -> dict:
 def _listing(folder: str) -> dict:
     """Relative path → size of the files of a finished step (lock files left out)."""
     out = {}
+    if not os.path.isdir(folder):
+        return out
     for root, dirs, files in os.walk(folder):
         for name in files:
             if name.startswith(".biojax.lock") or name.endswith(".tmp"):
@@ -795,8 +778,9 @@ def execute(p: Plan, resume: bool = False, only: list[str] | None = None,
             if same and rec.get("status") == "done" and _intact(folder, rec.get("files", {})):
                 _log(f"[{i + 1}/{len(p.steps)}] {step.name}: unchanged, skipped")
                 continue
-            resume_step = bool(same and rec.get("status") == "running"
-                               and os.path.isdir(folder)
+            # a killed step continues through its stage's resume when it left results
+            # (a folder with only a lock file: killed before its first checkpoint)
+            resume_step = bool(same and rec.get("status") == "running" and _listing(folder)
                                and "resume" in inspect.signature(step.module.run).parameters)
             if resume_step:
                 _log(f"[{i + 1}/{len(p.steps)}] {step.name} ({step.kind}): resuming")
