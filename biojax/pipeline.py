@@ -755,6 +755,10 @@ def execute(p: Plan, resume: bool = False, only: list[str] | None = None,
             "stages": {},
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+        # keep the records of steps not run now (--only); run.json comes first, so a run
+        # killed at any later moment is recognised by --resume
+        manifest["stages"] = {k: v for k, v in records.items()}
+        _write_manifest(out, manifest)
         os.makedirs(os.path.join(out, STAGE_CONFIG_DIR), exist_ok=True)
         atomic_write_text(os.path.join(out, CONFIG_FILE),
                           f"# resolved config of {os.path.abspath(p.config_path)}\n"
@@ -763,8 +767,6 @@ def execute(p: Plan, resume: bool = False, only: list[str] | None = None,
             atomic_write_text(os.path.join(out, STAGE_CONFIG_DIR, f"{s.name}.toml"),
                               f"# step {s.name!r} of {os.path.abspath(p.config_path)}: "
                               f"biojax {s.kind} accepts this file\n" + dumps_toml(s.raw))
-        # keep the records of steps not run now (--only)
-        manifest["stages"] = {k: v for k, v in records.items()}
         t_run = time.perf_counter()
         rerun_rest = False
         for i, step in enumerate(p.steps):

@@ -215,10 +215,10 @@ def _analyze(run_dir: str, name: str, rec: dict, cfg) -> Section:
                 for r in sm.get("regions", [])]
         if rows:
             s.tables.append((["region", "population", "ΔG (kJ/mol)"], rows))
-        found = [r["name"] for r in sm.get("regions", []) if r.get("population", 0) > 0]
+        found = [r["name"] for r in sm.get("regions", []) if r.get("population", 0) > 0.01]
         if sm.get("regions"):
-            s.number("basins visited", f"{len(found)} of {len(sm['regions'])} "
-                     f"({', '.join(found)})")
+            s.number("basins visited", f"{len(found)} of {len(sm['regions'])} named regions "
+                     f"hold > 1 % of the frames ({', '.join(found) or 'none'})")
         msm = sm.get("msm") or {}
         if msm.get("timescales"):
             unit = msm.get("time_unit", "")

@@ -72,7 +72,7 @@ def test_quick_pipeline_end_to_end(quick_run):
                     "## run"):
         assert heading in md, heading
     for text in ("test force MAE", "mean temperature", "energy conservation (NVE)",
-                 "| region | population |", "beta_C5_PII", "hash",
+                 "| region | population |", "C7eq", "C7ax", "basins visited", "hash",
                  "wall time (s)"):
         assert text in md, text
     for png in ("train/training_curves.png", "train/force_parity.png",
