@@ -211,19 +211,25 @@ def _force_errors(cg, data, idx, with_learned=True) -> dict:
 
 
 def _reweight(config, cg, data, train_idx, out, resume, log, progress):
-    """Relative entropy or DiffTRe through ``biojax.cg.trainer``."""
+    """Relative entropy or DiffTRe through ``biojax.cg.trainer``; returns the trained
+    CGPotential and a summary of the updates."""
+    import dataclasses
+
     from biojax.cg.config import reweight_config
     from biojax.cg.trainer import train_by_reweighting
 
-    rw = reweight_config(config)
-    starts = _start_atoms(config, data, rw_replicas(rw))
+    rw = dataclasses.replace(reweight_config(config), method=config.method,
+                             temperature_K=config.temperature_K)
+    starts = _start_atoms(config, data, rw.replicas)
     reference = data.positions[train_idx] if config.method == "relative-entropy" else None
-    return train_by_reweighting(cg, starts, rw, os.path.join(out, "reweight"), resume=resume,
-                                progress=progress, log=log, reference_frames=reference)
-
-
-def rw_replicas(rw) -> int:
-    return int(getattr(rw, "replicas", 1))
+    result = train_by_reweighting(cg, starts, rw, os.path.join(out, "reweight"),
+                                  resume=resume, progress=progress, log=log,
+                                  reference_frames=reference)
+    rows = result["metrics"]
+    summary = {"updates": len(rows), "completed": result["completed"],
+               "wall_s": result["wall_s"], "first": rows[0] if rows else None,
+               "last": rows[-1] if rows else None}
+    return result["model"], summary
 
 
 def _start_atoms(config: Config, data, n: int, seed_offset: int = 0):
