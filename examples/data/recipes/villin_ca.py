@@ -27,6 +27,9 @@ What it does (all numbers are the defaults; ``--help`` lists the options):
    force on the Cα atom alone would miss the part transmitted by the constraint). The
    constraint metric (Fixman) factor does not change under that rigid translation, so the
    mapped force is unbiased. ``forces_ca_atom_only`` keeps the Cα-atom force for comparison.
+   (``biojax.cg.mapping.from_topology(villin_aa.pdb, "ca")`` gives the same positions —
+   tests/test_cg_villin.py checks it — but its ``map_forces`` takes the Cα atom alone, which
+   suits unconstrained data only; so the clusters are built here.)
 5. Units are converted once, here: Å, eV/Å, ps, K, amu.
 
 Output (``--out-dir``):
