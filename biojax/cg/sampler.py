@@ -128,7 +128,7 @@ class Sampler:
         self.temperature_factor = float(temperature_factor)
         self.dt = jnp.full((self.replicas,), self.units.dt, jnp.float32)
         self.kT = jnp.full((self.replicas,), self.units.kT, jnp.float32)
-        self.traces = 0        # how many times a chunk or init function was traced
+        self.traces = 0        # how many times an MD chunk function was traced
         self.overflows = 0     # neighbor-list overflows (each reran its chunk)
         self._chunks: dict = {}
         self._init = None
@@ -198,7 +198,6 @@ class Sampler:
         nbrs, template = self.neighbors(template, R)
         if self._init is None:
             def init_one(params, key, R, nbrs, kT):
-                self.traces += 1
                 integ, _ = self._integrator(params)
                 return integ.init(key, R, self.mass, kT, neighbor=nbrs)
 
