@@ -75,6 +75,7 @@ class PriorConfig:
     repulsion: bool = True
     exclusion: int = 3            # pairs at least this many bonds apart are repelled
     repulsion_percentile: float = 0.5
+    repulsion_max_sigma: float = 4.5   # Å: excluded volume, not a distance restraint
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,7 +150,8 @@ def prior_from_config(config: CoarseGrainConfig, positions: np.ndarray, kT: floa
     pairs = nonbonded_pairs(n_beads, bonds, p.exclusion) if p.repulsion else ()
     return fit_prior(positions, kT, bonds, angles, dihedrals, pairs,
                      repulsion_percentile=p.repulsion_percentile,
-                     dihedral_terms=p.dihedral_terms)
+                     dihedral_terms=p.dihedral_terms,
+                     repulsion_max_sigma=p.repulsion_max_sigma)
 
 
 def residual_structures(positions, forces, mapping: cgmap.Mapping, prior_forces):

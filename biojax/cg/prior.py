@@ -166,29 +166,39 @@ def boltzmann_inversion(values: np.ndarray, kT: float, kind: str, bins: int = 60
 def fourier_inversion(phi: np.ndarray, kT: float, n_terms: int = 3, bins: int = 36
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Fourier coefficients (cos, sin) (eV) of −kT ln p(φ), fitted by least squares
-    weighted by the counts on a periodic histogram over (−π, π]."""
+    weighted by the counts on a periodic histogram over (−π, π]. When more than half of
+    the bins are empty (a narrow distribution, e.g. a helix), the empty bins join the fit
+    as a wall 2 kT above the highest sampled free energy, weighted like the least-visited
+    bin, so the series cannot swing freely where the data say nothing."""
     counts, edges = np.histogram(np.asarray(phi).ravel(), bins=bins, range=(-np.pi, np.pi))
     x = 0.5 * (edges[1:] + edges[:-1])
     ok = counts > 0
-    u = -kT * np.log(counts[ok] / counts.sum())
+    u = np.full(bins, np.nan)
+    u[ok] = -kT * np.log(counts[ok] / counts.sum())
+    w = counts.astype(float)
+    if (~ok).sum() > bins // 2:
+        u[~ok] = np.max(u[ok]) + 2 * kT
+        w[~ok] = counts[ok].min()
+        ok = np.ones(bins, bool)
     n = np.arange(1, n_terms + 1)
     basis = np.concatenate([np.ones((ok.sum(), 1)), np.cos(np.outer(x[ok], n)),
                             np.sin(np.outer(x[ok], n))], 1)
-    w = np.sqrt(counts[ok])
-    coef, *_ = np.linalg.lstsq(basis * w[:, None], u * w, rcond=None)
+    sw = np.sqrt(w[ok])
+    coef, *_ = np.linalg.lstsq(basis * sw[:, None], u[ok] * sw, rcond=None)
     return coef[1:1 + n_terms], coef[1 + n_terms:]
 
 
 def fit_prior(frames: np.ndarray, kT: float, bonds=(), angles=(), dihedrals=(),
               repulsive_pairs=(), repulsion_epsilon: float | None = None,
               repulsion_percentile: float = 0.5, repulsion_power: int = 12,
-              dihedral_terms: int = 3) -> Prior:
+              dihedral_terms: int = 3, repulsion_max_sigma: float = 4.5) -> Prior:
     """A Prior fitted to bead frames (F, B, 3) Å at temperature ``kT`` (eV).
 
     Bonds and angles by Boltzmann inversion; dihedrals (if listed) as a Fourier series;
     repulsive pairs get σ = the ``repulsion_percentile`` percentile of their observed
-    distance and ε = kT unless given, so the wall only acts where the data never goes.
-    Non-periodic frames (proteins, peptides)."""
+    distance, at most ``repulsion_max_sigma`` Å (an excluded volume, not a restraint that
+    holds distant beads at their observed separation), and ε = kT unless given, so the
+    wall only acts where the data never goes. Non-periodic frames (proteins, peptides)."""
     frames = np.asarray(frames, np.float64)
     if frames.ndim != 3 or frames.shape[-1] != 3:
         raise DataError(f"bead frames must have shape (frames, beads, 3), got {frames.shape}")
@@ -214,8 +224,9 @@ def fit_prior(frames: np.ndarray, kT: float, bonds=(), angles=(), dihedrals=(),
         phi = geometry.dihedrals_float64(frames, dihedrals)
         for i in range(len(dihedrals)):
             cos[i], sin[i] = fourier_inversion(phi[:, i], kT, dihedral_terms)
-    sigma = (np.percentile(np.asarray(geometry.distances(fr, pairs)), repulsion_percentile,
-                           axis=0) if len(pairs) else np.zeros(0))
+    sigma = (np.minimum(np.percentile(np.asarray(geometry.distances(fr, pairs)),
+                                      repulsion_percentile, axis=0), repulsion_max_sigma)
+             if len(pairs) else np.zeros(0))
     return Prior(bonds, np.array([b[0] for b in bond_fit]), np.array([b[1] for b in bond_fit]),
                  angles, np.array([a[0] for a in angle_fit]),
                  np.array([a[1] for a in angle_fit]), dihedrals, cos, sin, pairs,
