@@ -14,7 +14,7 @@ import dataclasses
 import os
 from typing import Any, Literal
 
-from biojax.core.config import from_dict, load, load_toml
+from biojax.core.config import from_dict, load, load_toml, resolve_paths, to_dict
 from biojax.core.errors import ConfigError
 from biojax.md.config import SimulateConfig
 from biojax.train.config import TrainingConfig
@@ -58,6 +58,7 @@ class MappingConfig:
     # bead index (atomic numbers 1..B stand for the types; for small molecules such as
     # alanine dipeptide, where each backbone bead is chemically distinct)
     bead_types: Literal["element", "index"] = "element"
+    bead_masses: tuple[float, ...] = ()   # amu: one for all beads or one per bead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +140,10 @@ def load_cg_config(path: str | os.PathLike, overrides=()) -> CoarseGrainConfig:
     from biojax.nn.models import build_model
 
     build_model(config.architecture, 1, config.cutoff)  # unknown model keys, early
-    if config.reweighting:
-        reweight_config(config)  # validated now, not after force matching
+    if config.reweighting:  # validated now, not after force matching; files found from
+        # the config's folder like every other path in it
+        rw = resolve_paths(reweight_config(config), os.path.dirname(os.path.abspath(path)))
+        config = dataclasses.replace(config, reweighting=to_dict(rw))
     if config.method == "difftre" and not config.reweighting:
         raise ConfigError(f"{path}: method = 'difftre' needs a [reweighting] table with "
                           "its targets")

@@ -35,6 +35,7 @@ class BeadData:
     forces: np.ndarray | None
     mapping: cgmap.Mapping
     source: str
+    cell: np.ndarray | None = None  # (3, 3) Å of a periodic system (first frame)
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -53,10 +54,13 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 
 def _topology_atoms(path: str):
-    """Elements, masses and names of the sites in a PDB (openmm.app)."""
-    from biojax.md.stage import read_pdb
+    """Elements, masses and names of the sites: a PDB (openmm.app) or any ASE-readable
+    structure (GROMACS .gro, extxyz, ...)."""
+    from biojax.md.stage import load_structure
 
-    atoms = read_pdb(path)[0]
+    atoms = load_structure(path)[0]
+    if "residuenames" not in atoms.arrays:
+        return atoms, [f"{a.symbol}{a.index}" for a in atoms]
     names = [f"{r}{n}:{a}" for r, n, a in zip(atoms.arrays["residuenames"],
                                                atoms.arrays["residuenumbers"],
                                                atoms.arrays["atomtypes"])]
@@ -68,6 +72,7 @@ def load_bead_data(config: CoarseGrainConfig) -> BeadData:
     d = config.data
     if not d.coordinates:
         raise ConfigError("[data] coordinates is required (a .npy array or a trajectory)")
+    cell = None
     if d.coordinates.endswith(".npy"):
         positions = _load_npy(d.coordinates, "coordinates")
         forces = _load_npy(d.forces, "forces") if d.forces else None
@@ -76,6 +81,8 @@ def load_bead_data(config: CoarseGrainConfig) -> BeadData:
 
         frames = read_frames(d.coordinates)
         positions = np.stack([a.positions for a in frames])
+        if frames[0].pbc.any():
+            cell = np.asarray(frames[0].cell, np.float64)
         forces = None
         if d.forces:
             forces = _load_npy(d.forces, "forces")
@@ -95,7 +102,10 @@ def load_bead_data(config: CoarseGrainConfig) -> BeadData:
     if config.mapping.scheme != "none":
         positions = cgmap.map_positions(mapping, positions)
         forces = None if forces is None else cgmap.map_forces(mapping, forces)
-    return BeadData(positions, forces, mapping, d.coordinates)
+    if cell is not None and config.mapping.scheme != "none":
+        raise ConfigError("[mapping]: mapping a periodic system is not supported (molecules "
+                          "cut by the box); map the frames first and give bead frames")
+    return BeadData(positions, forces, mapping, d.coordinates, cell)
 
 
 def _mapping(config: CoarseGrainConfig, n_sites: int) -> cgmap.Mapping:
@@ -118,6 +128,13 @@ def _mapping(config: CoarseGrainConfig, n_sites: int) -> cgmap.Mapping:
             mapping = cgmap.from_groups(m.groups, masses, numbers, center=m.center,
                                         allow_unassigned=m.allow_unassigned,
                                         atom_names=names)
+    if m.bead_masses:
+        masses = (m.bead_masses * mapping.n_beads if len(m.bead_masses) == 1
+                  else m.bead_masses)
+        if len(masses) != mapping.n_beads:
+            raise ConfigError(f"[mapping] bead_masses lists {len(m.bead_masses)} masses for "
+                              f"{mapping.n_beads} beads (give one, or one per bead)")
+        mapping = dataclasses.replace(mapping, bead_masses=tuple(float(x) for x in masses))
     if m.bead_types == "index":
         mapping = dataclasses.replace(mapping,
                                       bead_numbers=tuple(range(1, mapping.n_beads + 1)))

@@ -238,7 +238,8 @@ def _start_atoms(config: Config, data, n: int, seed_offset: int = 0):
 
     rng = np.random.default_rng(config.data.seed + seed_offset)
     picks = rng.choice(len(data.positions), size=n, replace=n > len(data.positions))
-    return [to_atoms(data.mapping, data.positions[k]) for k in picks]
+    return [to_atoms(data.mapping, data.positions[k], data.cell, data.cell is not None)
+            for k in picks]
 
 
 def _simulate(config: Config, cg, data, out, resume, progress):
