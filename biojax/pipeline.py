@@ -54,7 +54,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 import typing
 from typing import Any
@@ -490,7 +489,16 @@ def plan(config_path: str | os.PathLike, out: str | os.PathLike | None = None,
                               f"[run] stages ({', '.join(run_cfg.stages)}, or report)")
 
     steps: list[Step] = []
-    tmp = tempfile.mkdtemp(prefix="biojax-plan-")
+    # each step's table is loaded from a file in DIR/config/, where its standalone copy
+    # will live, so that defaults that are paths resolve as they will when it runs alone;
+    # folders this creates are removed again when the config is wrong
+    tmp = os.path.join(out, STAGE_CONFIG_DIR)
+    created = [d for d in (out, tmp) if not os.path.exists(d)]
+    ok = False
+    try:
+        os.makedirs(tmp, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"run directory {out}: cannot be created ({exc})") from None
     try:
         for name in run_cfg.stages:
             module = _stage_module(kinds[name])
@@ -514,8 +522,11 @@ def plan(config_path: str | os.PathLike, out: str | os.PathLike | None = None,
             step.wired = wired
             step.config = _load_step(step, tmp, where)
             steps.append(step)
+        ok = True
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:
+            for d in reversed(created):
+                shutil.rmtree(d, ignore_errors=True)
 
     if any(getattr(getattr(s.config, "training", None), "precision", "") == "float64"
            for s in steps):
@@ -537,7 +548,7 @@ def plan(config_path: str | os.PathLike, out: str | os.PathLike | None = None,
 def _load_step(step: Step, tmp: str, where: str):
     """The step's config through its stage's own ``load_config`` (from a standalone file
     written from its table); errors name the config file and the step's table."""
-    path = os.path.join(tmp, f"{step.name}.toml")
+    path = os.path.join(tmp, f".plan-{os.getpid()}-{step.name}.toml")
     try:
         text = dumps_toml(step.raw)
     except TypeError as exc:
@@ -554,6 +565,8 @@ def _load_step(step: Step, tmp: str, where: str):
         else:
             msg = f"{tag}: {msg}"
         raise ConfigError(msg) from None
+    finally:
+        os.remove(path)
 
 
 def _check_inputs(steps: list[Step], out: str, where: str, only) -> None:
@@ -567,6 +580,8 @@ def _check_inputs(steps: list[Step], out: str, where: str, only) -> None:
         for key, value in _path_values(step.config):
             if not value or re.match(r"^[A-Za-z][A-Za-z0-9+._-]+:", value):
                 continue
+            if _get(step.raw, key) is None:
+                continue  # a default, not an input the config names
             if _inside(value, own):
                 continue  # the step's own output
             produced = _inside(value, out)
@@ -590,7 +605,8 @@ def _hash_steps(steps: list[Step], out: str) -> None:
         inputs = {}
         own = os.path.join(out, step.name)
         for key, value in _path_values(step.config):
-            if not value or _inside(value, out) or not os.path.isabs(value):
+            if not value or _inside(value, out) or not os.path.isabs(value) \
+                    or _get(step.raw, key) is None:
                 continue
             matches = sorted(glob.glob(value)) if _is_glob(value) else [value]
             for p in matches:
@@ -739,8 +755,8 @@ def execute(p: Plan, resume: bool = False, only: list[str] | None = None,
     if old is not None and not resume and not only:
         raise ConfigError(f"{out} already holds a run ({RUN_FILE}); pass --resume to continue "
                           "it (unchanged steps are skipped), or choose another --out")
-    if old is None and os.path.isdir(out) and [n for n in os.listdir(out)
-                                                if not n.startswith(".")]:
+    if old is None and os.path.isdir(out) and [n for n in os.listdir(out) if not
+                                                n.startswith(".") and n != STAGE_CONFIG_DIR]:
         raise ConfigError(f"run directory {out} is not empty and holds no {RUN_FILE}; "
                           "choose another --out")
     run_only = set(only) if only else None

@@ -263,7 +263,48 @@ def _generic(run_dir: str, name: str, rec: dict, cfg) -> Section:
     return s
 
 
-SECTIONS: dict[str, Callable] = {"train": _train, "simulate": _simulate, "analyze": _analyze}
+def _coarse_grain(run_dir: str, name: str, rec: dict, cfg) -> Section:
+    """The CG model against the fine-grained reference it was built from: held-out force
+    errors (with the prior alone), the CG MD's φ/ψ distribution against the reference
+    (Jensen–Shannon divergence beside the reference's own split-half value, free-energy
+    RMSE) and basin populations side by side."""
+    folder = os.path.join(run_dir, name)
+    sm = _load_json(os.path.join(folder, "summary.json")) or {}
+    s = Section(f"{name}: coarse-grained model against the fine-grained reference")
+    if not sm:
+        return _generic(run_dir, name, rec, cfg)
+    s.number("CG model", f"{sm.get('method')} · {sm.get('beads')} beads · "
+             f"{sm.get('frames')} reference frames at {sm.get('temperature_K')} K")
+    f, f0 = sm.get("held_out_forces") or {}, sm.get("held_out_forces_prior_only") or {}
+    if f:
+        s.number("CG held-out force RMSE", f"{f.get('rmse_kcal_mol_A', float('nan')):.2f} "
+                 f"kcal/mol/Å ({f.get('frames')} frames; prior alone "
+                 f"{f0.get('rmse_kcal_mol_A', float('nan')):.2f})")
+    ev = sm.get("evaluation") or {}
+    if ev:
+        s.number("CG vs fine-grained φ/ψ", f"Jensen–Shannon divergence "
+                 f"{ev.get('js_divergence', float('nan')):.3f} (the reference against its "
+                 f"own other half: {ev.get('reference_split_half_js', float('nan')):.3f}), "
+                 f"free-energy RMSE {ev.get('fes_rmse_kT', float('nan')):.2f} kT; "
+                 f"{ev.get('frames_model')} CG frames from {ev.get('replicas')} replicas")
+        rows = [[b, f"{v['reference']:.3f} ± {v['reference_error']:.3f}",
+                 f"{v['model']:.3f} ± {v['model_error']:.3f}"]
+                for b, v in (ev.get("basins") or {}).items()]
+        if rows:
+            s.tables.append((["basin", "fine-grained reference", "CG model"], rows))
+    sim = sm.get("simulation") or {}
+    if sim:
+        s.number("CG MD", f"{sim.get('replicas')} replicas × {sim.get('steps_run')} steps, "
+                 f"{sim.get('aggregate_ns_per_day', 0):.3g} ns/day aggregate")
+    for png in ("fes_comparison.png", "simulate/temperature.png", "simulate/energy.png"):
+        s.image(run_dir, f"{name}/{png}", {"fes_comparison.png": "φ/ψ free energy: "
+                "fine-grained reference against CG MD"}.get(png, "CG MD " + png.split("/")[-1]
+                                                              .replace(".png", "")))
+    return s
+
+
+SECTIONS: dict[str, Callable] = {"train": _train, "simulate": _simulate, "analyze": _analyze,
+                                 "coarse-grain": _coarse_grain}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -403,7 +444,8 @@ def _inline(text: str) -> str:
 
 HEADLINES = ("test energy MAE", "test force MAE", "valid force MAE", "mean temperature",
              "energy conservation (NVE)", "mean volume", "lattice constant",
-             "basins visited", "slowest implied timescales")
+             "basins visited", "slowest implied timescales", "CG held-out force RMSE",
+             "CG vs fine-grained φ/ψ")
 
 
 def _key_section(sections: list[Section]) -> Section:
@@ -421,6 +463,9 @@ def _key_section(sections: list[Section]) -> Section:
             if header[0] == "region":
                 s.number(f"{step} · basin populations", "; ".join(
                     f"{r[0]} {r[1]}" for r in rows))
+            elif header[0] == "basin":
+                s.number(f"{step} · basin populations, reference → CG", "; ".join(
+                    f"{r[0]} {r[1]} → {r[2]}" for r in rows))
     return s
 
 
