@@ -4,6 +4,7 @@
 ``biojax sample`` run (EMT, 2 frames)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,8 @@ def configs(tmp_path):
                                     'name = "painn"\ncutoff = 4.0\n[training]\nepochs = 3\n')
     return {"sample": str(cfg / "sample.toml"), "train": str(cfg / "train.toml"),
             "simulate": os.path.join(EXAMPLES, "md", "lj_argon_nve.toml"),
-            "analyze": os.path.join(EXAMPLES, "ala2_fes", "analyze.toml")}
+            "analyze": os.path.join(EXAMPLES, "ala2_fes", "analyze.toml"),
+            "coarse-grain": os.path.join(EXAMPLES, "cg_ala2", "ala2_cg.toml")}
 
 
 def test_help_lists_every_stage(capsys):
@@ -51,9 +53,9 @@ def test_help_lists_every_stage(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     names = registry.load(registry.stages).names()
-    assert set(names) == {"sample", "train", "simulate", "analyze"}
+    assert set(names) == {"sample", "train", "simulate", "analyze", "coarse-grain"}
     for name in names + ["label", "evaluate", "--x64"]:
-        assert f"  {name} " in out, name
+        assert re.search(rf"^ +{re.escape(name)}\s", out, re.M), name
     for name in names:
         module = stage(name)
         assert module.NAME == name and module.Config is not None
@@ -66,6 +68,7 @@ BAD = {
     "train": ("training.epoch=5", "training.epochs=five", "epochs"),
     "simulate": ("stepz=10", "steps=ten", "steps"),
     "analyze": ("cluster.clusters=3", "cluster.k=[3]", "'k'"),
+    "coarse-grain": ("prior.colour=1", "simulate.steps=ten", "steps"),
 }
 
 
