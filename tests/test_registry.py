@@ -7,7 +7,7 @@ from biojax.core import registry
 from biojax.core.errors import ConfigError
 
 BUILT_INS = {
-    registry.models: {"schnet", "painn", "lennard-jones", "morse"},
+    registry.models: {"schnet", "painn", "lennard-jones", "morse", "zero", "spline-pair"},
     registry.loss_terms: {"energy", "forces", "stress"},
     registry.integrators: {"nve", "nvt-langevin", "nvt-nose-hoover", "npt"},
     registry.energy_terms: {"harmonic-distance"},
@@ -15,7 +15,7 @@ BUILT_INS = {
     registry.reference_engines: {"gfn2-xtb", "emt", "openmm"},
     registry.features: {"backbone_dihedrals", "dihedrals", "distances", "contacts",
                         "aligned_coordinates", "rmsd"},
-    registry.stages: {"sample", "train", "simulate", "analyze"},
+    registry.stages: {"sample", "train", "simulate", "analyze", "coarse-grain"},
 }
 
 
