@@ -13,10 +13,11 @@ from biojax.core.errors import BiojaxError
 
 # the order of ``biojax --help``: stage names, and the non-stage commands' register functions
 _ORDER = ("run", "sample", "label", "train", "evaluate", "simulate", "analyze",
-          "coarse-grain")
+          "coarse-grain", "backmap")
 _COMMANDS = {"run": "biojax.pipeline:register",
              "label": "biojax.data.stage:register_label",
-             "evaluate": "biojax.train.stage:register_evaluate"}
+             "evaluate": "biojax.train.stage:register_evaluate",
+             "backmap": "biojax.cg.backmap:register"}
 
 
 def build_parser() -> argparse.ArgumentParser:
