@@ -135,6 +135,25 @@ def test_target_files_are_checked(tmp_path):
         t.on(np.array([5.0, 12.0]))
 
 
+def test_dihedral_distributions_peak_at_the_dihedral():
+    from biojax.cg.observables import DihedralDistribution, Ramachandran
+    from biojax.core.geometry import dihedrals
+
+    rng = np.random.default_rng(4)
+    frames = rng.normal(scale=1.5, size=(3, 6, 3)).astype(np.float32)
+    quads = ((0, 1, 2, 3), (1, 2, 3, 4))
+    d = DihedralDistribution(quads, n_bins=72).over_frames(frames)
+    assert d.shape == (3, 2, 72)
+    np.testing.assert_allclose(d.sum(-1) * 2 * np.pi / 72, 1.0, rtol=1e-5)
+    ref = np.asarray(dihedrals(jnp.asarray(frames), jnp.asarray(quads)))
+    centers = DihedralDistribution(quads, n_bins=72).centers
+    peak = centers[d.argmax(-1)]
+    assert np.all(np.abs((peak - ref + np.pi) % (2 * np.pi) - np.pi) < 2 * np.pi / 72)
+    rama = Ramachandran((quads[0],), (quads[1],), n_bins=24).over_frames(frames)
+    assert rama.shape == (3, 24, 24)
+    np.testing.assert_allclose(rama.sum((1, 2)) * (2 * np.pi / 24) ** 2, 1.0, rtol=1e-5)
+
+
 def test_reweighting_config_table(tmp_path):
     from biojax.cg.trainer import load_config
 
