@@ -522,6 +522,7 @@ def plan(config_path: str | os.PathLike, out: str | os.PathLike | None = None,
             step.wired = wired
             step.config = _load_step(step, tmp, where)
             steps.append(step)
+        _check_inputs(steps, out, where, only)
         ok = True
     finally:
         if not ok:
@@ -533,7 +534,6 @@ def plan(config_path: str | os.PathLike, out: str | os.PathLike | None = None,
         from biojax.core.precision import enable_x64
 
         enable_x64()
-    _check_inputs(steps, out, where, only)
     resolved = {"run": dataclasses.asdict(run_cfg)}
     resolved["run"]["stages"] = list(run_cfg.stages)
     resolved["run"]["quick"] = list(run_cfg.quick)
