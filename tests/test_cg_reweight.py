@@ -104,7 +104,7 @@ def test_spline_runs_in_md_simulation():
 
     cfg = default_config(ensemble="nvt-langevin", timestep_fs=5.0, temperature_K=120.0,
                          steps=40, chunk_steps=40, frame_every=20, observe_every=20,
-                         replicas=2)
+                         replicas=1)
     summary = Simulation(argon(), spline_argon(), cfg).run(None)
     assert summary["completed"] and summary["steps_run"] == 40
 
@@ -326,8 +326,8 @@ def test_difftre_gradient_matches_finite_difference_of_simulations():
 def _tiny_config(**kw):
     from biojax.cg.trainer import ReweightConfig, TargetConfig
 
-    base = dict(iterations=4, learning_rate=0.0003, replicas=2, equilibration_steps=100,
-                resample_equilibration_steps=50, production_steps=100, frame_every=20,
+    base = dict(iterations=4, learning_rate=0.0003, replicas=1, equilibration_steps=100,
+                resample_equilibration_steps=50, production_steps=200, frame_every=20,
                 timestep_fs=5.0, temperature_K=120.0, friction_per_ps=5.0,
                 ess_threshold=0.9, seed=3, plots=False,
                 targets=(TargetConfig("rdf", kw.pop("rdf_file"), length_unit="angstrom",
@@ -361,11 +361,12 @@ def test_trainer_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert isinstance(full["model"], CGPotential)
     assert full["completed"] and len(full["metrics"]) == 4
     resampled = [r["resampled"] for r in full["metrics"]]
-    assert any(resampled[1:]) and not all(resampled)  # both paths taken
-    # "killed" after 2 updates, then resumed in a new call
+    assert resampled[1] and not all(resampled)  # both paths taken, a resample after 1
+    # "killed" after the first update, then resumed in a new call: it reloads the saved
+    # trajectory, finds N_eff too low and samples on from the saved sampler state
     part = train_by_reweighting(cg_argon(), argon(), cfg, tmp_path / "part", log=quiet,
-                                stop_after=2)
-    assert not part["completed"] and part["iteration"] == 2
+                                stop_after=1)
+    assert not part["completed"] and part["iteration"] == 1
     with pytest.raises(ConfigError, match="earlier reweighting run"):
         train_by_reweighting(cg_argon(), argon(), cfg, tmp_path / "part", log=quiet)
     rest = train_by_reweighting(cg_argon(), argon(), cfg, tmp_path / "part", log=quiet,
