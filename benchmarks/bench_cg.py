@@ -95,7 +95,6 @@ def case_biojax_update(updates: int) -> dict:
 
 def case_biojax_md(replicas: int, steps: int, replica_block: int) -> dict:
     import ase
-    import numpy as np
 
     from biojax.cg.sampler import Sampler, make_energy
     from biojax.cg.spline import spline_pair_potential

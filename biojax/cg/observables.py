@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

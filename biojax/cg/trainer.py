@@ -47,8 +47,8 @@ from biojax.core.progress import progress as progress_bar
 from biojax.core.rundir import RunLock
 from biojax.core.units import KB
 from biojax.cg import observables as obs
-from biojax.cg.reweight import (Target, difftre_loss, effective_sample_size,
-                                frame_energies, relative_entropy_gradient, weights)
+from biojax.cg.reweight import (Target, difftre_loss, frame_energies,
+                                relative_entropy_gradient)
 from biojax.cg.sampler import Sampler, SamplerState, make_energy
 
 CHECKPOINT = "checkpoint.msgpack"
