@@ -119,12 +119,8 @@ class Sampler:
         self.neighbor_fn = engine.make_neighbor_fn(
             self.space, neighbor_box(frames, self.space, cutoff), cutoff, skin,
             capacity_multiplier, neighbor_format, self.n_atoms)
-        # vmap turns the neighbor list's rebuild-or-keep ``cond`` into a select that
-        # rebuilds at every step; for larger systems (where one replica fills the
-        # vector units anyway) replicas run one after another instead (lax.map)
-        self.sequential = (replica_block == 1 or
-                           (replica_block == 0 and self.n_atoms >= 256))
-        self.block = engine.replica_block_size(replica_block, self.replicas)
+        # from 256 atoms up replicas run one after another (see replica_block_size)
+        self.block = engine.replica_block_size(replica_block, self.replicas, self.n_atoms)
         self.temperature_factor = float(temperature_factor)
         self.dt = jnp.full((self.replicas,), self.units.dt, jnp.float32)
         self.kT = jnp.full((self.replicas,), self.units.kT, jnp.float32)
@@ -146,8 +142,6 @@ class Sampler:
 
     def _map(self, fn: Callable) -> Callable:
         """``fn`` over the leading replica axis of its arguments (see replica_block)."""
-        if self.sequential and self.replicas > 1:
-            return lambda *args: jax.lax.map(lambda a: fn(*a), args)
         return engine.map_replicas(fn, self.replicas, self.block)
 
     def _rebuild(self, template, positions):

@@ -131,7 +131,8 @@ class Simulation:
         self.compiled: set = set()
         self.overflows = 0
         self._chunks: dict = {}
-        self.replica_block = engine.replica_block_size(config.replica_block, R)
+        self.replica_block = engine.replica_block_size(config.replica_block, R,
+                                                         self.n_atoms)
 
     # ------------------------------------------------------------------ helpers
     def _map(self, fn):
