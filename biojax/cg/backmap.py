@@ -340,8 +340,11 @@ def backmap(beads, template, potential, matrix, groups=None,
              "restraint_energy": np.zeros(F), "fmax": np.zeros(F),
              "steps": np.zeros(F, np.int64), "forces": np.zeros((F, N, 3))}
     if checkpoint and os.path.isfile(checkpoint):
-        with np.load(checkpoint) as z:
-            if z["positions"].shape == (F, N, 3):
+        with np.load(checkpoint) as z:  # resumed only for the same frames and settings
+            same = ("beads" in z and z["beads"].shape == beads.shape
+                    and np.array_equal(z["beads"], beads)
+                    and str(z["settings"]) == repr((settings, bool(torsions))))
+            if same:
                 done = int(z["done"])
                 for key in keys:
                     store[key] = z[key].copy()
@@ -363,7 +366,8 @@ def backmap(beads, template, potential, matrix, groups=None,
             if checkpoint:
                 with atomic_path(checkpoint) as tmp:
                     with open(tmp, "wb") as fh:
-                        np.savez(fh, done=done, **store)
+                        np.savez(fh, done=done, beads=beads,
+                                 settings=repr((settings, bool(torsions))), **store)
     pos = store["positions"]
     bonds, ref = covalent_bonds(template)
     lengths = np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1)
