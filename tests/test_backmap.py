@@ -152,3 +152,21 @@ def test_bad_input(template, fg, tmp_path, capsys):
                "--out", str(tmp_path / "out"), "--quiet"])
     assert rc == 1
     assert "atom(s) [99] outside the template" in capsys.readouterr().err
+
+
+def test_cg_model_bead_names_match_the_pdb_atoms():
+    """The CG model's bead names (ACE1:C, ALA2:N, ...) resolve to template atoms 4, 6, 8,
+    14, 16 through the PDB's residue and atom names."""
+    import json
+
+    from biojax.md.stage import load_structure
+
+    pdb = load_structure(os.path.join(ROOT, "examples", "data", "alanine-dipeptide-gbsa",
+                                      "alanine-dipeptide.pdb"))[0]
+    with open(os.path.join(ROOT, "examples", "models", "cg_ala2_fm", "cg_model.json")) as f:
+        names = json.load(f)["mapping"]["bead_names"]
+    assert bm.groups_from_names(names, pdb) == BEADS
+    with pytest.raises(DataError, match="ALA2:CG.*not found"):
+        bm.groups_from_names(["ALA2:CG"], pdb)
+    with pytest.raises(DataError, match="no PDB atom names"):
+        bm.groups_from_names(names, ase.io.read(TEMPLATE))

@@ -453,18 +453,19 @@ def read_cg_frames(path: str) -> np.ndarray:
 
 
 def _read_template(path: str, topology: str | None):
-    from biojax.data.io import read_frames
+    """The template's first frame (PDB through openmm, names kept; else ASE), with atom
+    names from ``topology`` (a PDB) if given."""
+    from biojax.md.stage import load_structure
 
     if not os.path.isfile(path):
         raise DataError(f"{path}: template structure not found")
-    template = read_frames(path, 0)
-    template = template[0] if isinstance(template, list) else template
+    template = load_structure(path)[0]
     if topology:
-        import ase.io
-
-        names = ase.io.read(topology)
+        names = load_structure(topology)[0]
         if len(names) != len(template):
             raise DataError(f"{topology}: {len(names)} atoms, the template {len(template)}")
+        if not np.array_equal(names.numbers, template.numbers):
+            raise DataError(f"{topology}: its elements differ from the template's")
         for key in ("residuenames", "residuenumbers", "atomtypes"):
             if key in names.arrays:
                 template.arrays[key] = names.arrays[key]
