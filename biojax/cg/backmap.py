@@ -369,6 +369,13 @@ def backmap(beads, template, potential, matrix, groups=None,
                         np.savez(fh, done=done, beads=beads,
                                  settings=repr((settings, bool(torsions))), **store)
     pos = store["positions"]
+    bad = np.nonzero(~(np.all(np.isfinite(pos), axis=(1, 2)) & np.isfinite(store["e_fg"])))[0]
+    if len(bad):
+        from biojax.core.errors import SimulationError
+
+        raise SimulationError(f"back-mapping gave non-finite positions or energies for "
+                              f"frame(s) {bad[:10].tolist()}; check that the template "
+                              "matches the beads, or lower --restraint")
     bonds, ref = covalent_bonds(template)
     lengths = np.linalg.norm(pos[:, bonds[:, 0]] - pos[:, bonds[:, 1]], axis=-1)
     mapped = np.einsum("bn,fnk->fbk", np.asarray(matrix, np.float64), pos)
