@@ -20,13 +20,26 @@ _COMMANDS = {"run": "biojax.pipeline:register",
              "backmap": "biojax.cg.backmap:register"}
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Leaves room for the longest command name (``coarse-grain``) beside its help."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30)
+
+    def add_argument(self, action):
+        super().add_argument(action)
+        for sub in getattr(action, "_get_subactions", lambda: [])():
+            self._action_max_length = max(self._action_max_length,
+                                          len(sub.dest) + self._current_indent + 4)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from biojax import __version__
     from biojax.core import registry
 
     parser = argparse.ArgumentParser(
-        prog="biojax", description="A JAX engine for molecular simulation with machine-"
-        "learned potentials: sample reference data, train, simulate, analyze, "
+        prog="biojax", formatter_class=_HelpFormatter,
+        description="A JAX engine for molecular simulation with machine-learned potentials: sample reference data, train, simulate, analyze, "
         "coarse-grain.",
         epilog="Errors are printed as one line naming the file and field, with exit "
         "status 1 (no traceback).")

@@ -875,7 +875,7 @@ def _run(args) -> int:
 def register(subparsers) -> None:
     """Add the ``run`` subcommand (the main job) to the ``biojax`` parser."""
     p = subparsers.add_parser(
-        "run", help="the main job: run a config's stages in one run directory, with a report",
+        "run", help="the main job: all stages in one run folder, with a report",
         description="Run the stages a config's [run] table lists (e.g. sample, train, "
                     "simulate, analyze, coarse-grain) in order in one run directory, "
                     "wiring each step's outputs to the next one's inputs, and end with "

@@ -64,7 +64,7 @@ def _sample(args) -> int:
 def register(subparsers) -> None:
     """Add the ``sample`` subcommand to the ``biojax`` parser."""
     p = subparsers.add_parser(
-        "sample", help="sample conformations from a recipe and label them into extxyz",
+        "sample", help="sample conformations from a recipe, labelled, into extxyz",
         description="Sample structures with a recipe (openmm-md or rattle-strain), label "
                     "them with the recipe's reference engine and write extxyz (atomically).")
     p.add_argument("recipe", help="recipe TOML file")
