@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="biojax", formatter_class=_HelpFormatter,
-        description="A JAX engine for molecular simulation with machine-learned potentials: sample reference data, train, simulate, analyze, "
-        "coarse-grain.",
+        description="A JAX engine for molecular simulation with machine-learned "
+        "potentials: sample reference data, train, simulate, analyze, coarse-grain.",
         epilog="Errors are printed as one line naming the file and field, with exit "
         "status 1 (no traceback).")
     parser.add_argument("--version", action="version", version=f"biojax {__version__}")
