@@ -14,14 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Callable, Sequence
 
 import numpy as np
 
 from biojax.cg.mapping import Mapping
 from biojax.cg.prior import Prior
-from biojax.core.atomic import make_temp_dir
+from biojax.core.atomic import atomic_dir
 from biojax.core.errors import ModelError
 from biojax.nn.potential import Potential
 
@@ -86,11 +85,7 @@ def save_cg_potential(cg: CGPotential, directory: str | os.PathLike) -> None:
     from biojax import __version__
     from biojax.nn.io import save_potential
 
-    directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = make_temp_dir(parent, prefix=".cg-model-tmp-")
-    try:
+    with atomic_dir(directory, prefix=".cg-model-tmp-") as tmp:
         save_potential(cg.learned, os.path.join(tmp, "learned"))
         meta = {"format_version": FORMAT_VERSION, "biojax_version": __version__,
                 "prior": cg.prior.to_dict(),
@@ -100,16 +95,6 @@ def save_cg_potential(cg: CGPotential, directory: str | os.PathLike) -> None:
                           "angle": "rad"}}
         with open(os.path.join(tmp, _META), "w") as f:
             json.dump(meta, f, indent=1)
-        old = None
-        if os.path.exists(directory):
-            old = directory + ".old-" + os.path.basename(tmp)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_cg_potential(directory: str | os.PathLike) -> CGPotential:

@@ -16,7 +16,7 @@ by the counts. The learned part of a CG model then fits what the prior leaves ov
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
 from typing import Iterator
@@ -74,6 +75,30 @@ def make_temp_dir(parent: str | os.PathLike, prefix: str = ".tmp-") -> str:
     tmp = tempfile.mkdtemp(dir=os.fspath(parent), prefix=prefix)
     os.chmod(tmp, default_mode(directory=True))
     return tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, prefix: str = ".tmp-") -> Iterator[str]:
+    """Yield a fresh folder beside ``path`` to fill; when the block ends without an error it
+    replaces ``path`` whole (an existing folder there is moved aside first and removed
+    after), so readers see the old folder or the new one, never a mix. On an error the
+    temporary folder is removed and ``path`` is untouched."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = make_temp_dir(parent, prefix=prefix)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(path):
+            old = path + ".old-" + os.path.basename(tmp)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 from flax import serialization
 
-from biojax.core.atomic import make_temp_dir
+from biojax.core.atomic import atomic_dir
 from biojax.core.errors import ConfigError, ModelError
 from biojax.nn.potential import Potential
 
@@ -41,9 +40,6 @@ def save_potential(potential: Potential, directory: str | os.PathLike,
     """Write ``potential`` to ``directory`` atomically (replacing an existing one)."""
     from biojax import __version__
 
-    directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
     leaves = jax.tree_util.tree_leaves(potential.params)
     dtype = str(np.asarray(leaves[0]).dtype) if leaves else "float32"
     meta = {
@@ -62,22 +58,11 @@ def save_potential(potential: Potential, directory: str | os.PathLike,
         **(extra or {}),
     }
     params = jax.tree_util.tree_map(np.asarray, potential.params)
-    tmp = make_temp_dir(parent, prefix=".model-tmp-")  # ordinary permissions, not 0700
-    try:
+    with atomic_dir(directory, prefix=".model-tmp-") as tmp:
         with open(os.path.join(tmp, _PARAMS_FILE), "wb") as f:
             f.write(serialization.msgpack_serialize(_to_plain(params)))
         with open(os.path.join(tmp, _META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
-        old = None
-        if os.path.exists(directory):
-            old = directory + ".old-" + os.path.basename(tmp)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _to_plain(tree):
