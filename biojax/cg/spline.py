@@ -33,7 +33,7 @@ import numpy as np
 from biojax.core.errors import ModelError
 from biojax.core.graph import Graph
 from biojax.core.registry import models
-from biojax.nn.classical import PairModel
+from biojax.nn.classical import PairModel, pair_energies_per_atom
 from biojax.nn.potential import Potential
 
 
@@ -156,14 +156,8 @@ class SplinePairModel:
         """Per-atom energies (eV): each directed edge gives half its pair energy to its
         receiver; with ``graph.pairs`` each edge is a pair and gives half to each atom;
         masked edges and atoms give nothing."""
-        species, senders, receivers = graph.species, graph.senders, graph.receivers
-        r2 = jnp.sum(graph.vectors * graph.vectors, axis=-1)
-        e = self.pair_energy(r2, params, species[senders], species[receivers])
-        e = jnp.where(graph.edge_mask, 0.5 * e, 0.0)
-        n = species.shape[0]
-        per_atom = jax.ops.segment_sum(e, receivers, num_segments=n)
-        if graph.pairs:
-            per_atom = per_atom + jax.ops.segment_sum(e, senders, num_segments=n)
+        per_atom = pair_energies_per_atom(
+            graph, lambda r2, a, b: self.pair_energy(r2, params, a, b))
         return jnp.where(graph.node_mask, per_atom, 0.0)
 
     def neighbor_energy_fn(self, displacement_fn: Callable, species, graph_energy: Callable

@@ -51,6 +51,22 @@ def morse_pair(r2, params):
 _PAIR_FUNCTIONS = {"lennard-jones": lennard_jones_pair, "morse": morse_pair}
 
 
+def pair_energies_per_atom(graph: Graph, pair_energy: Callable) -> jax.Array:
+    """Per-atom energies (eV) of a pair potential ``pair_energy(r2, species_a,
+    species_b)``: each directed edge gives half its pair energy to its receiver; with
+    ``graph.pairs`` each edge is a pair and gives half to each atom; masked edges give
+    nothing."""
+    species, senders, receivers = graph.species, graph.senders, graph.receivers
+    r2 = jnp.sum(graph.vectors * graph.vectors, axis=-1)
+    e = jnp.where(graph.edge_mask, 0.5 * pair_energy(r2, species[senders],
+                                                     species[receivers]), 0.0)
+    n = species.shape[0]
+    per_atom = jax.ops.segment_sum(e, receivers, num_segments=n)
+    if graph.pairs:
+        per_atom = per_atom + jax.ops.segment_sum(e, senders, num_segments=n)
+    return per_atom
+
+
 @dataclasses.dataclass(frozen=True)
 class PairModel:
     """A species-pair potential as a model: ``apply(params, graph)`` gives per-atom
@@ -71,15 +87,8 @@ class PairModel:
     def apply(self, params, graph: Graph):
         """Per-atom energies (eV); each directed edge gives half its pair energy to its
         receiver; with ``graph.pairs`` each edge is a pair and gives half to each atom."""
-        species, senders, receivers = graph.species, graph.senders, graph.receivers
-        r2 = jnp.sum(graph.vectors * graph.vectors, axis=-1)
-        e = self.pair_energy(r2, params, species[senders], species[receivers])
-        e = jnp.where(graph.edge_mask, 0.5 * e, 0.0)
-        n = species.shape[0]
-        per_atom = jax.ops.segment_sum(e, receivers, num_segments=n)
-        if graph.pairs:
-            per_atom = per_atom + jax.ops.segment_sum(e, senders, num_segments=n)
-        return per_atom
+        return pair_energies_per_atom(graph, lambda r2, a, b: self.pair_energy(r2, params,
+                                                                                a, b))
 
     def neighbor_energy_fn(self, displacement_fn: Callable, species, graph_energy: Callable
                            ) -> Callable:
