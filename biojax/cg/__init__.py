@@ -5,7 +5,8 @@
 force matching through the training loop (``forcematch``), training through MD by
 reweighting (``trainer``: relative entropy and DiffTRe, on ``sampler``, ``reweight`` and
 ``observables``), the ``spline-pair`` model, evaluation against the reference and
-back-mapping to atoms (``backmap``). ``biojax coarse-grain`` and ``biojax backmap`` are the
+back-mapping to atoms (``backmap``), hybrid fine-grained-in-coarse-grained systems
+(``hybrid``). ``biojax coarse-grain`` and ``biojax backmap`` are the
 CLI.
 
 The names below are imported on first use (importing jax-md takes seconds).
@@ -24,6 +25,10 @@ _EXPORTS = {
     "train_by_reweighting": "biojax.cg.trainer", "Sampler": "biojax.cg.sampler",
     "RDF": "biojax.cg.observables", "ADF": "biojax.cg.observables",
     "read_target": "biojax.cg.observables", "CoarseGrainConfig": "biojax.cg.config",
+    "HybridPotential": "biojax.cg.hybrid", "HybridSystem": "biojax.cg.hybrid",
+    "Coupling": "biojax.cg.hybrid", "select_region": "biojax.cg.hybrid",
+    "build_hybrid": "biojax.cg.hybrid", "fit_coupling": "biojax.cg.hybrid",
+    "save_coupling": "biojax.cg.hybrid", "load_coupling": "biojax.cg.hybrid",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,6 +31,44 @@ class ClassicalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultiscaleConfig:
+    """A hybrid fine-grained-in-coarse-grained system (``[multiscale]``, built by
+    ``biojax.cg.hybrid.from_config``): the region of the atomistic ``structure`` kept as
+    atoms with ``fg_model`` (default: the top-level ``model`` or ``[classical]``),
+    everything else mapped to beads by ``environment`` ("water": one bead per water
+    molecule; "molecule"; "residue") with the CG model ``cg_model`` (a saved CGPotential
+    folder, or "none"), coupled by ``coupling`` (a file from
+    ``biojax.cg.hybrid.save_coupling``, or "off"). Region: ``region_atoms`` (0-based
+    indices) ∪ ``region_residues`` (numbers or names), or every residue within
+    ``region_within`` Å of ``site_atoms`` ∪ ``site_residues``; fixed for the run.
+    ``capping``: "none" (cutting a covalent bond is an error), "residues" or "molecules"
+    (extend the region to whole ones). ``region_beads``: map the region to its own beads
+    too (the ONIOM subtraction of E_CG). ``bead_number``: the beads' number (default: the
+    CG model's single element, else each bead's heaviest atom)."""
+
+    region_atoms: tuple[int, ...] = ()
+    region_residues: tuple[int | str, ...] = ()
+    region_within: float | None = None           # Å
+    site_atoms: tuple[int, ...] = ()
+    site_residues: tuple[int | str, ...] = ()
+    capping: Literal["none", "residues", "molecules"] = "none"
+    fg_model: str | None = dataclasses.field(default=None, metadata={"path": True})
+    cg_model: str | None = dataclasses.field(default=None, metadata={"path": True})
+    coupling: str | None = dataclasses.field(default=None, metadata={"path": True})
+    environment: Literal["water", "molecule", "residue"] = "water"
+    region_beads: bool = False
+    center: Literal["mass", "geometry"] = "mass"
+    bead_number: int | None = None
+
+    def __post_init__(self):
+        if not (self.region_atoms or self.region_residues or self.region_within is not None):
+            raise ValueError("give the region: region_atoms, region_residues or "
+                             "region_within (with site_atoms or site_residues)")
+        if self.region_within is not None and self.region_within <= 0:
+            raise ValueError(f"region_within must be > 0 Å, got {self.region_within}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SimulateConfig:
     """Everything one ``biojax simulate`` run needs. See examples/md/*.toml."""
 
@@ -39,6 +77,9 @@ class SimulateConfig:
     model: str | None = dataclasses.field(      # directory written by ``biojax train``
         default=None, metadata={"path": True})
     classical: ClassicalConfig | None = None
+    # a fine-grained region in a coarse-grained environment (biojax.cg.hybrid); the
+    # trajectory frames then hold the hybrid particles (region atoms, then beads)
+    multiscale: MultiscaleConfig | None = None
     ensemble: str = "nvt-langevin"      # integrator: a registered name or "module:factory"
     timestep_fs: float = 0.5
     temperature_K: float = 300.0

@@ -123,7 +123,12 @@ def run(config: Config, workdir: str | os.PathLike | None = None, *, resume: boo
     if config.structure is None:
         raise ConfigError("simulate: no structure (set structure = FILE or --structure FILE)")
     frames = load_structure(config.structure)
-    potential = potential_from_config(config, frames[0].get_atomic_numbers())
+    if config.multiscale is not None:  # hybrid FG-in-CG particles (biojax.cg.hybrid)
+        from biojax.cg.hybrid import from_config
+
+        frames, potential = from_config(config, frames)
+    else:
+        potential = potential_from_config(config, frames[0].get_atomic_numbers())
     sim = Simulation(frames, potential, config, progress=progress)
     if not resume:
         sim.check_no_results(out, config.overwrite)  # before minimisation and compiling
