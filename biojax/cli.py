@@ -7,6 +7,7 @@ BiojaxError into a one-line message and exit status 1."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from biojax.core.errors import BiojaxError
@@ -18,6 +19,10 @@ _COMMANDS = {"run": "biojax.pipeline:register",
              "label": "biojax.data.stage:register_label",
              "evaluate": "biojax.train.stage:register_evaluate",
              "backmap": "biojax.cg.backmap:register"}
+
+
+# environment variables that make the CLI join a multi-process run (biojax.parallel.ENV)
+_DIST_ENV = ("BIOJAX_COORDINATOR", "BIOJAX_NUM_PROCESSES", "BIOJAX_PROCESS_ID")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -46,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"biojax {__version__}")
     parser.add_argument("--x64", action="store_true",
                         help="compute in float64 (chosen once, before any JAX work)")
+    dist = parser.add_argument_group(
+        "multi-process runs (biojax.parallel; one command per host, see README)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT",
+                      help="address of process 0 (env BIOJAX_COORDINATOR)")
+    dist.add_argument("--num-processes", type=int, metavar="N",
+                      help="number of processes (env BIOJAX_NUM_PROCESSES)")
+    dist.add_argument("--process-id", type=int, metavar="I",
+                      help="this process, 0..N-1 (env BIOJAX_PROCESS_ID)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="join a multi-process run that JAX detects itself (SLURM, ...)")
     subparsers = parser.add_subparsers(
         dest="command", metavar="COMMAND", title="commands",
         help="one of the following; 'biojax COMMAND --help' lists its options")
@@ -69,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             from biojax.core.precision import enable_x64
 
             enable_x64()
+        if (args.coordinator or args.num_processes is not None or args.distributed
+                or args.process_id is not None
+                or any(os.environ.get(v) for v in _DIST_ENV)):
+            from biojax import parallel
+
+            parallel.initialize(args.coordinator, args.num_processes, args.process_id,
+                                auto=args.distributed)
         return int(args.func(args) or 0)
     except BiojaxError as exc:
         print(f"biojax {args.command}: error: {exc}", file=sys.stderr)

@@ -87,6 +87,9 @@ class SimulateConfig:
     steps: int = 1000
     replicas: int = 1
     replica_block: int = 0              # replicas per vmapped block; 0 = auto (see engine)
+    # devices the replicas are sharded over: 1, N (the first N of jax.devices()) or "all"
+    # (every device of every process, see biojax.parallel); replicas must be a multiple
+    devices: int | Literal["all"] = 1
     seed: int = 0
     velocities: Literal["maxwell-boltzmann", "structure"] = "maxwell-boltzmann"
     hydrogen_mass: float = 0.0          # amu; > 0: hydrogen mass repartitioning (HMR)
@@ -145,6 +148,14 @@ class SimulateConfig:
             (self.temperature_K >= 0, f"temperature_K must be >= 0 K, got {self.temperature_K}"),
             (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}"),
+            (self.devices == "all" or (not isinstance(self.devices, bool)
+                                        and isinstance(self.devices, int)
+                                        and self.devices >= 1),
+             f'devices must be "all" or a number >= 1, got {self.devices!r}'),
+            (not isinstance(self.devices, int) or self.devices < 1
+             or self.replicas % self.devices == 0,
+             f"replicas = {self.replicas} cannot be split evenly over devices = "
+             f"{self.devices}; use a multiple of {self.devices}"),
             (self.replica_block >= 0, f"replica_block must be >= 0 (0 = auto), got "
                                       f"{self.replica_block}"),
             (self.observe_every >= 1, "observe_every must be >= 1"),

@@ -138,6 +138,25 @@ def map_replicas(fn: Callable, replicas: int, block: int) -> Callable:
     return blocked
 
 
+#: the mesh axis replicas are sharded over (``biojax.parallel``)
+REPLICA_AXIS = "replicas"
+
+
+def replica_fn(fn: Callable, replicas: int, block: int, mesh=None) -> Callable:
+    """``fn`` over a leading replica axis of ``replicas``, jitted: ``map_replicas`` on one
+    device, or, with a ``jax.sharding.Mesh`` (axis ``REPLICA_AXIS``), the same
+    ``map_replicas`` of the replicas / devices that each device holds, under
+    ``shard_map`` (``biojax.parallel.sharded``): replica axis of every argument and
+    result sharded with ``NamedSharding(mesh, P("replicas"))``. ``block`` is per device."""
+    if mesh is None:
+        return jax.jit(map_replicas(fn, replicas, block))
+    from biojax import parallel
+
+    local = parallel.check_divisible(replicas, mesh, "replicas", "devices")
+    return parallel.sharded(map_replicas(fn, local, block), mesh, REPLICA_AXIS,
+                            collectives=False)
+
+
 def space_kwargs(nbrs, box=None) -> dict:
     """The keyword arguments energy, force and integrator calls take: the neighbor list,
     and the box when it lives in the state (NPT)."""

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biojax import parallel
 from biojax.core.atomic import atomic_write_bytes
 from biojax.core.errors import ConfigError, SimulationError
 from biojax.core.progress import progress as progress_bar
@@ -131,13 +132,18 @@ class Simulation:
         self.compiled: set = set()
         self.overflows = 0
         self._chunks: dict = {}
-        self.replica_block = engine.replica_block_size(config.replica_block, R,
+        # replicas sharded over devices (biojax.parallel); the block size is per device
+        self.mesh = parallel.mesh(config.devices, engine.REPLICA_AXIS, "simulate: devices")
+        self.n_devices = 1 if self.mesh is None else self.mesh.size
+        local = parallel.check_divisible(R, self.mesh, "replicas", "simulate: devices")
+        self.replica_block = engine.replica_block_size(config.replica_block, local,
                                                          self.n_atoms)
 
     # ------------------------------------------------------------------ helpers
     def _map(self, fn):
-        """fn over the replica axis (engine.map_replicas), jitted."""
-        return jax.jit(engine.map_replicas(fn, self.cfg.replicas, self.replica_block))
+        """fn over the replica axis (engine.map_replicas), jitted; sharded over
+        ``self.mesh`` when several devices are used."""
+        return engine.replica_fn(fn, self.cfg.replicas, self.replica_block, self.mesh)
 
     def _allocate(self, positions, boxes=None, **kw):
         return engine.allocate(self.neighbor_fn, positions, box_kwargs=boxes, **kw)
@@ -369,6 +375,17 @@ class Simulation:
         check_output_dir(out, "simulation output directory")
         if resume and not os.path.isfile(os.path.join(out, checkpoint.CHECKPOINT_FILE)):
             checkpoint.load(os.path.join(out, checkpoint.CHECKPOINT_FILE))  # the error
+        if parallel.process_count() > 1:
+            # every process checks, then all wait for each other before process 0 writes;
+            # the others compute the same chunks (they read a checkpoint to resume) and
+            # write nothing
+            from jax.experimental import multihost_utils
+
+            if not resume:
+                self.check_no_results(out, overwrite)
+            multihost_utils.sync_global_devices("biojax simulate: output checked")
+            if not parallel.is_writer():
+                return self._run(out, resume, max_chunks, write=False)
         with RunLock(out, "simulation"):
             if not resume:
                 self.check_no_results(out, overwrite)
@@ -394,7 +411,8 @@ class Simulation:
             "not ask it to: choose another --out, or give --overwrite (overwrite = true) to "
             "replace them")
 
-    def _run(self, out: str | None, resume: bool, max_chunks: int | None) -> dict:
+    def _run(self, out: str | None, resume: bool, max_chunks: int | None,
+             write: bool = True) -> dict:
         cfg = self.cfg
         R, M, K = cfg.replicas, cfg.frame_every, cfg.observe_every
         ckpt_path = None if out is None else os.path.join(out, checkpoint.CHECKPOINT_FILE)
@@ -402,11 +420,11 @@ class Simulation:
             run, meta = self._resume(ckpt_path)
             columns = meta["columns"] or output.observable_columns(  # older checkpoints
                 self._row(self._observe(run), 0, None, 0), self.extra_observables)
-            writers = self._writers(out, columns)
+            writers = self._writers(out, columns) if write else []
             if run.started:
                 for w, sizes in zip(writers, meta["files"]):
                     w.restore(sizes)
-            else:  # killed after the first checkpoint, before its step-0 output
+            elif writers:  # killed after the first checkpoint, before its step-0 output
                 self._start_output(run, self._observe(run), writers, ckpt_path)
         else:
             run = self.initial_state()
@@ -416,7 +434,8 @@ class Simulation:
                                       "finite")
             run.t0 = float(np.max(obs0["temperature"]))
             run.e0 = [float(e) for e in obs0["potential_energy"]]
-            writers = [] if out is None else self._writers(out, output.observable_columns(
+            writers = [] if out is None or not write else self._writers(
+                out, output.observable_columns(
                 self._row(obs0, 0, None, 0), self.extra_observables))
             if writers:
                 # the first checkpoint comes before any output file: a run killed before
@@ -465,7 +484,8 @@ class Simulation:
                     w.write_frames(fr)
                 if stop is not None:
                     bar.close()
-                    self._write_plots(out)
+                    if write:
+                        self._write_plots(out)
                     self._blowup(alarm, run, out, ke_limit, pe_limit)
                 run.state, run.term_states, run.nbrs = state, term_states, nbrs
                 run.step += n_frames * M
@@ -488,12 +508,13 @@ class Simulation:
             "ns_per_day": self._ns_per_day(steps_done, wall),
             "compilations": len(self.compiled), "compiled": sorted(map(str, self.compiled)),
             "neighbor_capacity": engine.capacity_of(run.nbrs), "overflows": self.overflows,
-            "replica_block": self.replica_block,
+            "replica_block": self.replica_block, "devices": self.n_devices,
+            "processes": parallel.process_count(),
         }
         summary["aggregate_ns_per_day"] = summary["ns_per_day"] * R
         if self.minimization is not None:
             summary["minimization"] = self.minimization
-        if out is not None:
+        if out is not None and write:
             atomic_write_bytes(os.path.join(out, "summary.json"),
                                json.dumps(summary, indent=2).encode())
             summary["plots"] = self._write_plots(out)

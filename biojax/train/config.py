@@ -65,6 +65,10 @@ class TrainingConfig:
     plateau_factor: float = 0.5
     seed: int = 0
     precision: Literal["float32", "float64"] = "float32"
+    # data-parallel training: each batch split over 1, N (the first N of jax.devices())
+    # or "all" devices (every process's, see biojax.parallel), gradients summed across
+    # them; batch_size must be a multiple of the device count
+    devices: int | Literal["all"] = 1
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "plateau_patience"):
@@ -76,6 +80,8 @@ class TrainingConfig:
             raise ValueError("plateau_factor must be in (0, 1)")
         if not 0 < self.final_learning_rate_fraction <= 1:
             raise ValueError("final_learning_rate_fraction must be in (0, 1]")
+        if self.devices != "all" and (isinstance(self.devices, bool) or self.devices < 1):
+            raise ValueError(f'devices must be "all" or a number >= 1, got {self.devices!r}')
         if self.schedule == "time" and not self.max_minutes:
             raise ValueError('schedule = "time" needs a max_minutes budget')
         if min(self.energy_weight, self.forces_weight, self.stress_weight) < 0:

@@ -26,13 +26,14 @@ import numpy as np
 import optax
 from flax import serialization
 
+from biojax import parallel
 from biojax.core.atomic import atomic_write_bytes, atomic_write_text
 from biojax.core.config import to_dict
 from biojax.core.errors import ConfigError, DataError
 from biojax.core.precision import require_x64
 from biojax.core.progress import progress as progress_bar
 from biojax.core.rundir import RunLock
-from biojax.data.graphs import GraphDataset
+from biojax.data.graphs import GraphBatch, GraphDataset, batch_graphs, bucket_size
 from biojax.data.io import (Structure, elements_of, read_dataset, reference_energies_for,
                             require_labels, split_indices)
 from biojax.nn.io import save_potential
@@ -49,7 +50,9 @@ MODEL_DIR = "model"
 #: config keys that may differ between a checkpoint and ``--resume``: they only decide
 #: when training stops (the learning-rate schedule follows a new ``epochs``, see
 #: biojax.train.schedule)
-RESUMABLE_KEYS = ("training.epochs", "training.max_minutes", "training.patience")
+RESUMABLE_KEYS = ("training.epochs", "training.max_minutes", "training.patience",
+                  # the same numbers on any device count (to float32 rounding)
+                  "training.devices")
 #: these may differ too, as long as the training and validation frames stay the same
 #: (checked by content): they only choose the test set evaluated at the end
 RESUMABLE_IF_SAME_DATA = ("data.test_file", "data.n_test")
@@ -75,15 +78,32 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
                        optax.add_decayed_weights(cfg.weight_decay))
 
 
-def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float) -> Callable:
+#: the mesh axis a batch's per-device sub-batches are split over (``biojax.parallel``)
+DATA_AXIS = "data"
+
+
+def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float,
+                    mesh=None) -> Callable:
     """jit(state, batch, learning_rate) -> (state, loss): one optimiser step and an EMA
-    update."""
+    update.
+
+    With a ``mesh`` (axis ``DATA_AXIS``) the step is data-parallel: ``batch`` is a
+    GraphBatch with a leading device axis (:func:`device_batches`), each device computes
+    its sub-batch's loss sums and counts, ``lax.psum`` adds them (so the loss is the
+    whole batch's, as on one device) and the gradient of that sum comes out summed
+    across devices; parameters and optimiser state are replicated."""
 
     def loss_fn(params, batch):
-        return loss.value(predict(potential, params, batch, loss.needs_stress), batch)
+        if mesh is None:
+            return loss.value(predict(potential, params, batch, loss.needs_stress), batch)
+        parts = loss.parts(predict(potential, params, batch, loss.needs_stress), batch)
+        parts = jax.lax.psum(parts, DATA_AXIS)
+        weights = {term.name: term.weight for term in loss.terms}
+        return sum(weights[k] * s / jnp.maximum(n, 1.0) for k, (s, n) in parts.items())
 
-    @jax.jit
     def step(state: TrainState, batch, learning_rate):
+        if mesh is not None:  # this device's sub-batch
+            batch = jax.tree_util.tree_map(lambda x: x[0], batch)
         value, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree_util.tree_map(lambda u: -learning_rate * u, updates)
@@ -94,7 +114,32 @@ def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float) -> C
                                      state.ema_params, params)
         return TrainState(params, opt_state, ema, state.step + 1), value
 
-    return step
+    if mesh is None:
+        return jax.jit(step)
+    return parallel.sharded(step, mesh, DATA_AXIS, out_split=False,
+                            in_split=(False, True, False))
+
+
+def device_batches(dataset: GraphDataset, batch_size: int, order, n_devices: int):
+    """Training batches for ``n_devices``: each batch of ``batch_size`` structures (in
+    ``order``, last incomplete batch dropped) split into ``n_devices`` consecutive groups,
+    each padded to the same atom and edge counts and stacked along a leading device axis
+    (a GraphBatch whose arrays are (n_devices, ...))."""
+    per = batch_size // n_devices
+    order = np.asarray(order)
+    for start in range(0, len(order) - len(order) % batch_size, batch_size):
+        groups = np.split(order[start:start + batch_size], n_devices)
+        atoms = max(bucket_size(sum(dataset.structures[i].n_atoms for i in g) + 1)
+                    for g in groups)
+        edges = max(bucket_size(sum(len(dataset.graphs[i].senders) for i in g) + 1)
+                    for g in groups)
+        subs = [batch_graphs([dataset.structures[i] for i in g],
+                             [dataset.graphs[i] for i in g], [dataset.species[i] for i in g],
+                             [dataset.reference[i] for i in g], n_graphs=per + 1,
+                             dtype=dataset.dtype, min_atoms=atoms, min_edges=edges,
+                             labels=dataset.labels) for g in groups]
+        yield GraphBatch(*(jax.tree_util.tree_map(lambda *x: np.stack(x), *field)
+                           for field in zip(*subs)))
 
 
 def make_predict_fn(potential: Potential, compute_stress: bool,
@@ -381,8 +426,40 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
     one). Without ``resume``, a directory that already holds a run is refused; with it,
     the run continues from its checkpoint (or starts, when a kill came before the first
     one), and only ``RESUMABLE_KEYS`` may differ from the checkpoint's configuration."""
+    if parallel.process_count() > 1:
+        return _train_multiprocess(config, workdir, resume, log, progress)
     with RunLock(workdir, "training run"):
         return _train(config, workdir, resume, log, progress)
+
+
+def _train_multiprocess(config: TrainConfig, workdir: str, resume: bool, log,
+                        progress: bool) -> dict:
+    """One process of a multi-process run (``biojax.parallel.initialize``): all check
+    ``workdir`` and wait for each other, then process 0 trains into ``workdir`` and the
+    others run the same steps into a private temporary folder (deleted at the end; on
+    ``resume`` it starts with copies of the checkpoint and metrics log), so that only
+    process 0 writes ``workdir``."""
+    import tempfile
+
+    from jax.experimental import multihost_utils
+
+    there = [n for n in (CHECKPOINT_FILE, METRICS_FILE, METRICS_LOG, MODEL_DIR)
+             if os.path.exists(os.path.join(workdir, n))]
+    if there and not resume:
+        raise ConfigError(f"{workdir} already holds a training run ({', '.join(there)}); "
+                          "pass --resume to continue it or choose another --out")
+    multihost_utils.sync_global_devices("biojax train: output checked")
+    if parallel.is_writer():
+        with RunLock(workdir, "training run"):
+            return _train(config, workdir, resume, log, progress)
+    scratch = tempfile.mkdtemp(prefix=f"biojax-train-p{jax.process_index()}-")
+    try:
+        for name in (CHECKPOINT_FILE, METRICS_LOG):
+            if resume and os.path.exists(os.path.join(workdir, name)):
+                shutil.copy(os.path.join(workdir, name), os.path.join(scratch, name))
+        return _train(config, scratch, resume, lambda *_: None, False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: bool) -> dict:
@@ -447,10 +524,13 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
                 for name, s in splits.items()}
     batch_size = min(t.batch_size, len(datasets["train"]))
     steps_per_epoch = len(datasets["train"]) // batch_size
+    mesh = parallel.mesh(t.devices, DATA_AXIS, "[training] devices")
+    n_devices = 1 if mesh is None else mesh.size
+    parallel.check_divisible(batch_size, mesh, "batch_size", "[training] devices")
     tx = make_optimizer(t)
     state = TrainState(potential.params, tx.init(potential.params), potential.params,
                        jnp.zeros((), jnp.int32))
-    train_step = make_train_step(potential, tx, loss, t.ema_decay)
+    train_step = make_train_step(potential, tx, loss, t.ema_decay, mesh)
     compute_stress = loss.needs_stress or any(s.stress is not None for s in splits["valid"])
     predict_fn = make_predict_fn(potential, compute_stress, loss)
 
@@ -499,13 +579,17 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
             step = int(state.step)
             fraction = progress["seconds"] / budget if budget else 0.0
             first_lr = lr_schedule.learning_rate(sched, t, step, steps_per_epoch, fraction)
-            for k, batch in enumerate(datasets["train"].batches(batch_size, order,
-                                                                drop_last=True)):
+            batches = (datasets["train"].batches(batch_size, order, drop_last=True)
+                       if mesh is None else
+                       device_batches(datasets["train"], batch_size, order, n_devices))
+            for k, batch in enumerate(batches):
                 lr = lr_schedule.learning_rate(sched, t, step + k, steps_per_epoch, fraction)
                 state, batch_loss = train_step(state, batch, np.asarray(lr, dtype))
                 losses.append(batch_loss)
                 bar.update((epoch - 1) * steps_per_epoch + k + 1)
             train_loss = float(np.mean(jax.device_get(losses)))
+            if mesh is not None:  # validate, save and checkpoint on one device
+                state = jax.tree_util.tree_map(jnp.asarray, jax.device_get(state))
             progress["train_seconds"] += time.perf_counter() - start
             if not np.isfinite(train_loss):
                 raise DataError(f"training diverged at epoch {epoch} (loss {train_loss}; the "
