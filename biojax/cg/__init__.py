@@ -29,6 +29,7 @@ _EXPORTS = {
     "Coupling": "biojax.cg.hybrid", "select_region": "biojax.cg.hybrid",
     "build_hybrid": "biojax.cg.hybrid", "fit_coupling": "biojax.cg.hybrid",
     "save_coupling": "biojax.cg.hybrid", "load_coupling": "biojax.cg.hybrid",
+    "hybrid_atoms": "biojax.cg.hybrid", "map_reference": "biojax.cg.hybrid",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -240,7 +240,16 @@ class HybridSystem:
     of the n_env environment beads; ``region_mapping``: the region atoms (local indices
     0..n_r−1) → region beads, or None (no region beads); ``region_indices`` and
     ``env_mapping`` (groups of atom indices of the atomistic structure, one per
-    environment bead) say where the particles came from, when built from one."""
+    environment bead) say where the particles came from, when built from one;
+    ``bead_masses`` (amu) are the beads' masses.
+
+    Built by :func:`build_hybrid` from an atomistic structure, or directly from
+    already-mapped data, e.g. alanine dipeptide in one-bead water::
+
+        system = HybridSystem(region_numbers=tuple(numbers), bead_numbers=(8,) * W,
+                              bead_masses=(18.015,) * W)
+        atoms = hybrid_atoms(system, np.concatenate([solute_xyz, water_com]), cell=box)
+    """
 
     region_numbers: tuple[int, ...]
     bead_numbers: tuple[int, ...]
@@ -248,6 +257,7 @@ class HybridSystem:
     region_indices: tuple[int, ...] = ()
     env_mapping: Mapping | None = None
     n_full_atoms: int = 0
+    bead_masses: tuple[float, ...] = ()   # amu, one per environment bead (for hybrid_atoms)
 
     @property
     def n_region(self) -> int:
@@ -423,8 +433,35 @@ def build_hybrid(atoms, region: Sequence[int], environment: str | Mapping = "wat
         hybrid.set_momenta(np.concatenate([p[region], indicator @ p]))
     system = HybridSystem(tuple(int(z) for z in atoms.get_atomic_numbers()[region]),
                           tuple(int(z) for z in env.bead_numbers), rmap,
-                          tuple(int(i) for i in region), env, n)
+                          tuple(int(i) for i in region), env, n,
+                          tuple(float(m) for m in env.bead_masses))
     return hybrid, system
+
+
+def hybrid_atoms(system: HybridSystem, positions, cell=None, pbc=None, momenta=None):
+    """An ``ase.Atoms`` of the hybrid particles at ``positions`` (n_r + n_env, 3) Å: region
+    atoms with their element masses, beads with ``system.bead_masses`` (amu). ``cell``
+    (3,) or (3, 3) Å makes it periodic (unless ``pbc`` says otherwise); ``momenta``
+    (amu·Å/ASE time) optional (for ``velocities = "structure"``)."""
+    import ase
+    from ase.data import atomic_masses
+
+    positions = np.asarray(positions, np.float64)
+    if positions.shape != (system.n_particles, 3):
+        raise DataError(f"hybrid_atoms: positions have shape {positions.shape}, expected "
+                        f"({system.n_particles}, 3): {system.n_region} region atoms, then "
+                        f"{system.n_env} beads")
+    if len(system.bead_masses) != system.n_env:
+        raise DataError(f"hybrid_atoms: the system lists {len(system.bead_masses)} bead "
+                        f"masses for {system.n_env} beads")
+    if pbc is None:
+        pbc = cell is not None
+    atoms = ase.Atoms(numbers=system.numbers, positions=positions, cell=cell, pbc=pbc)
+    atoms.set_masses(np.concatenate([atomic_masses[list(system.region_numbers)],
+                                     np.asarray(system.bead_masses, np.float64)]))
+    if momenta is not None:
+        atoms.set_momenta(np.asarray(momenta, np.float64))
+    return atoms
 
 
 def map_reference(system: HybridSystem, positions, forces=None, cell=None, pbc=None):
@@ -1026,8 +1063,8 @@ def _host_neighbors(positions: np.ndarray, cutoff: float, box) -> np.ndarray:
 def fit_coupling(potential: HybridPotential, positions, forces, *, box=None,
                  fit: Sequence[str] = ("coupling",), fg_forces=None, n_valid: int | float = 0.2,
                  seed: int = 0, epochs: int | None = None, learning_rate: float = 1e-3,
-                 batch_size: int = 8, ridge: float = 1e-6, progress: bool = True
-                 ) -> FitResult:
+                 batch_size: int = 8, ridge: float = 1e-6, region_weight: float = 1.0,
+                 bead_weight: float = 1.0, progress: bool = True) -> FitResult:
     """Force matching of the coupling (and, with ``"cg"`` in ``fit``, the CG model's
     learned part) with the FG model fixed.
 
@@ -1039,7 +1076,9 @@ def fit_coupling(potential: HybridPotential, positions, forces, *, box=None,
     ``fg_forces`` (F, n_r, 3): if given, the region targets become F_ref − fg_forces
     (e.g. the same force field's vacuum forces) instead of F_ref − (FG model).
     ``box`` (3,) Å: orthorhombic periodic box (None: free). ``n_valid``: held-out frames
-    (count, or fraction), chosen by ``seed``.
+    (count, or fraction), chosen by ``seed``. The loss is the mean squared force error
+    with the region atoms' rows weighted by ``region_weight`` and the beads' by
+    ``bead_weight`` (the reported RMSEs are unweighted).
 
     The spline models are linear in their knot energies, so the fit starts with the
     least-squares solution (ridge ``ridge`` × the mean diagonal); ``epochs`` of Adam
@@ -1107,6 +1146,12 @@ def fit_coupling(potential: HybridPotential, positions, forces, *, box=None,
         T = T.copy()
         T[:, :s.n_region] += model_fg - fgf
     pred_batch = jax.jit(jax.vmap(pred, (None, 0, 0)))
+    if region_weight < 0 or bead_weight < 0 or region_weight + bead_weight == 0:
+        raise ConfigError("fit_coupling: region_weight and bead_weight must be >= 0, not "
+                          "both 0")
+    row_w = np.sqrt(np.concatenate([np.full(s.n_region, region_weight),
+                                    np.full(s.n_env, bead_weight)]))[:, None]
+    row_w = np.broadcast_to(row_w, (s.n_particles, 3)).astype(np.float32)
 
     def rmse(theta, idx_set):
         if len(idx_set) == 0:
@@ -1142,11 +1187,12 @@ def fit_coupling(potential: HybridPotential, positions, forces, *, box=None,
             rhs = np.zeros(flat0.size)
             for k in range(0, len(train_idx), batch_size):
                 b = train_idx[k:k + batch_size]
+                w = np.tile(row_w.reshape(-1), len(b)).astype(np.float64)
                 J = np.asarray(jac(zero, P[b], nbr_idx[b]), np.float64).reshape(
-                    -1, flat0.size)
+                    -1, flat0.size) * w[:, None]
                 f0 = np.asarray(pred_batch(zero, P[b], nbr_idx[b]), np.float64).reshape(-1)
                 A += J.T @ J
-                rhs += J.T @ (T[b].reshape(-1).astype(np.float64) - f0)
+                rhs += J.T @ (w * (T[b].reshape(-1).astype(np.float64) - f0))
                 done += 1
                 bar.update(done)
             lam = ridge * max(np.mean(np.diag(A)), 1e-12)
@@ -1158,7 +1204,8 @@ def fit_coupling(potential: HybridPotential, positions, forces, *, box=None,
             state = opt.init(theta)
 
             def loss(th, R, idx, t):
-                return jnp.mean((jax.vmap(pred, (None, 0, 0))(th, R, idx) - t) ** 2)
+                err = (jax.vmap(pred, (None, 0, 0))(th, R, idx) - t) * row_w
+                return jnp.mean(err ** 2)
 
             @jax.jit
             def step(th, st, R, idx, t):
