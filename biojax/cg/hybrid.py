@@ -923,7 +923,21 @@ class HybridPotential:
                           node_mask=jnp.ones((nr,), bool))
             out["fg"] = jnp.sum(self.fg.atomic_energies(p["fg"], graph))
             nbr = all_pairs(N) if neighbor is None else neighbor
-            s_, r_, valid = _directed(nbr, N)
+            if nbr.format.name == "Dense":
+                # rows of the region atoms hold the coupling pairs, the others the
+                # environment's: each directed edge is looked at once
+                idx = nbr.idx
+                M = idx.shape[1]
+                s_env = idx[nr:].reshape(-1)
+                r_env = jnp.repeat(jnp.arange(nr, N, dtype=idx.dtype), M)
+                env = (s_env >= nr) & (s_env < N) & (s_env != r_env)
+                s_x = idx[:nr].reshape(-1)
+                r_x = jnp.repeat(jnp.arange(nr, dtype=idx.dtype), M)
+                cross = (s_x >= nr) & (s_x < N)
+            else:
+                s_, r_, valid = _directed(nbr, N)
+                s_env, r_env, env = s_, r_, valid & (s_ >= nr) & (r_ >= nr)
+                s_x, r_x, cross = s_, r_, valid & (r_ < nr) & (s_ >= nr)
             if cg is not None:
                 if nrb:
                     breg = _mapped_positions(x, matrix, first,
@@ -931,9 +945,8 @@ class HybridPotential:
                     B = jnp.concatenate([breg, y])
                 else:
                     B = y
-                env = valid & (s_ >= nr) & (r_ >= nr)
-                bs = jnp.where(env, s_ - nr + nrb, 0)
-                br = jnp.where(env, r_ - nr + nrb, 0)
+                bs = jnp.where(env, s_env - nr + nrb, 0)
+                br = jnp.where(env, r_env - nr + nrb, 0)
                 snd = jnp.concatenate([bs, dense_s])
                 rcv = jnp.concatenate([br, dense_r])
                 mask = jnp.concatenate([env, jnp.ones(dense_s.shape, bool)])
@@ -955,10 +968,9 @@ class HybridPotential:
             else:
                 out["cg_all"] = out["cg_region"] = zero
             if self.coupling is not None:
-                cross = valid & (r_ < nr) & (s_ >= nr)
-                atom = jnp.where(cross, r_, 0)
-                bead = jnp.where(cross, s_ - nr, 0)
-                d = disp(P[atom], P[jnp.where(cross, s_, nr)])
+                atom = jnp.where(cross, r_x, 0)
+                bead = jnp.where(cross, s_x - nr, 0)
+                d = disp(P[atom], P[jnp.where(cross, s_x, nr)])
                 r2 = jnp.where(cross, jnp.sum(d * d, -1), 0.0)
                 e = self.coupling.model.pair_energy(p["coupling"], r2, elem[atom],
                                                     btype[bead])
