@@ -17,143 +17,24 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 
+from biojax.bench.cases import case_lj_biojax, case_lj_jaxmd, case_lj_openmm
+from biojax.bench.timing import peak_rss_mb
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SIGMA, EPS, CUTOFF = 3.405, 0.0103, 8.5  # argon LJ, Å / eV / Å
-A_FCC = 5.8                                # Å, liquid density ρ* ≈ 0.81
 ALA2 = os.path.join(ROOT, "examples", "md", "alanine_dipeptide.extxyz")
 ALA2_MODEL = os.path.join(ROOT, "examples", "models", "ala2_painn")
 ARCH = {"name": "schnet", "features": 64, "n_interactions": 3, "n_basis": 32}
 MODEL_CUTOFF = 5.0
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 # ====================================================================== cases (children)
-def lj_atoms(n_cells: int):
-    from ase.lattice.cubic import FaceCenteredCubic
-
-    return FaceCenteredCubic("Ar", size=(n_cells,) * 3, latticeconstant=A_FCC)
-
-
-def case_lj_biojax(n_cells: int, steps: int) -> dict:
-    """biojax Simulation (NVE, 2 fs, observables every 100 steps, no files)."""
-    from biojax.md.config import default_config
-    from biojax.md.simulation import Simulation
-    from biojax.nn.classical import lennard_jones
-
-    atoms = lj_atoms(n_cells)
-    pot = lennard_jones([18], SIGMA, EPS, cutoff=CUTOFF)
-    # capacity × 1.5: the fcc start has fewer neighbours per atom than the liquid it melts
-    # into, so × 1.25 overflows once (the rerun and recompile would land in the timing)
-    cfg = default_config(ensemble="nve", timestep_fs=2.0, temperature_K=120.0,
-                         steps=2 * steps, chunk_steps=steps, capacity_multiplier=1.5,
-                         observe_every=math.gcd(100, steps),
-                         frame_every=steps)
-    s = Simulation(atoms, pot, cfg).run(None)
-    steady = s["wall_s"] - s["first_chunk_s"]
-    return {"atoms": len(atoms), "steps": steps, "seconds": steady,
-            "atom_steps_per_s": len(atoms) * steps / steady,
-            "first_chunk_s": s["first_chunk_s"], "compilations": s["compilations"],
-            "overflows": s["overflows"], "neighbor_capacity": s["neighbor_capacity"]}
-
-
-def case_lj_jaxmd(n_cells: int, steps: int) -> dict:
-    """The same system written directly on jax-md (its own LJ, neighbor list, NVE)."""
-    import jax
-    import jax.numpy as jnp
-    from jax_md import energy, partition, simulate, space
-
-    from biojax.core.units import FS, KB
-
-    atoms = lj_atoms(n_cells)
-    box = jnp.asarray(atoms.cell.diagonal(), jnp.float32)
-    disp, shift = space.periodic(box)
-    neighbor_fn, energy_fn = energy.lennard_jones_neighbor_list(
-        disp, box, sigma=SIGMA, epsilon=EPS, r_onset=0.8 * CUTOFF / SIGMA,
-        r_cutoff=CUTOFF / SIGMA, dr_threshold=0.5, format=partition.Dense)
-    init, apply = simulate.nve(energy_fn, shift, dt=2.0 * FS)
-    R = jnp.asarray(atoms.positions, jnp.float32)
-    nbrs = neighbor_fn.allocate(R)
-    mass = jnp.asarray(atoms.get_masses(), jnp.float32)
-    state = init(jax.random.PRNGKey(0), R, 120.0 * KB, mass=mass, neighbor=nbrs)
-
-    @jax.jit
-    def run(state, nbrs):
-        def body(_, c):
-            s, n = c
-            s = apply(s, neighbor=n)
-            return s, n.update(s.position)
-        return jax.lax.fori_loop(0, steps, body, (state, nbrs))
-
-    extra = 0
-
-    def run_checked(state, nbrs):
-        # what a raw jax-md user writes: after an overflow, reallocate bigger and rerun
-        nonlocal extra
-        while True:
-            t = time.perf_counter()
-            new_state, new_nbrs = jax.block_until_ready(run(state, nbrs))
-            seconds = time.perf_counter() - t
-            if not new_nbrs.did_buffer_overflow:
-                return new_state, new_nbrs, seconds
-            extra += max(8, nbrs.idx.shape[-1] // 2)
-            nbrs = neighbor_fn.allocate(state.position, extra_capacity=extra)
-
-    t = time.perf_counter()
-    state, nbrs, _ = run_checked(state, nbrs)
-    first = time.perf_counter() - t
-    state, nbrs, steady = run_checked(state, nbrs)
-    return {"atoms": len(atoms), "steps": steps, "seconds": steady,
-            "atom_steps_per_s": len(atoms) * steps / steady, "first_chunk_s": first}
-
-
-def case_lj_openmm(n_cells: int, steps: int) -> dict:
-    """OpenMM CPU platform: NonbondedForce LJ, same cutoff and switch, Verlet 2 fs."""
-    import openmm
-    import openmm.unit as u
-
-    from biojax.core.units import KJ_PER_MOL, NM
-
-    atoms = lj_atoms(n_cells)
-    system = openmm.System()
-    L = atoms.cell.diagonal() / NM
-    system.setDefaultPeriodicBoxVectors(openmm.Vec3(L[0], 0, 0), openmm.Vec3(0, L[1], 0),
-                                        openmm.Vec3(0, 0, L[2]))
-    nb = openmm.NonbondedForce()
-    nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
-    nb.setCutoffDistance(CUTOFF / NM)
-    nb.setUseSwitchingFunction(True)
-    nb.setSwitchingDistance(0.8 * CUTOFF / NM)
-    nb.setUseDispersionCorrection(False)
-    eps_kj = EPS / KJ_PER_MOL
-    for _ in range(len(atoms)):
-        system.addParticle(39.948)
-        nb.addParticle(0.0, SIGMA / NM, eps_kj)
-    system.addForce(nb)
-    integrator = openmm.VerletIntegrator(2.0 * u.femtoseconds)
-    threads = os.cpu_count()
-    platform_ = openmm.Platform.getPlatformByName("CPU")
-    ctx = openmm.Context(system, integrator, platform_, {"Threads": str(threads)})
-    ctx.setPositions(atoms.positions / NM)
-    ctx.setVelocitiesToTemperature(120.0)
-    t = time.perf_counter()
-    integrator.step(10)
-    first = time.perf_counter() - t
-    t = time.perf_counter()
-    integrator.step(steps)
-    ctx.getState(getEnergy=True)
-    steady = time.perf_counter() - t
-    return {"atoms": len(atoms), "steps": steps, "seconds": steady,
-            "atom_steps_per_s": len(atoms) * steps / steady, "first_chunk_s": first,
-            "threads": threads}
+# The Lennard-Jones cases live in biojax.bench.cases (shared with `biojax bench`): each is
+# the median of repeated timed chunks after a compiling first one.
 
 
 def _ala2_potential(model: str = "painn"):
@@ -287,7 +168,7 @@ def run_case(name: str, timeout: float = 900, **kwargs) -> dict:
     print(f"  {name} {kwargs}: " + ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
         if k in ("atom_steps_per_s", "ns_per_day", "aggregate_ns_per_day", "steps_per_s",
-                 "first_chunk_s", "peak_rss_mb")), flush=True)
+                 "first_chunk_s", "first_call_s", "peak_rss_mb")), flush=True)
     return result
 
 
@@ -426,7 +307,7 @@ def markdown(r: dict) -> str:
                 f"| {b['atoms']} | {b['atom_steps_per_s']:.3g} | {j['atom_steps_per_s']:.3g} | "
                 f"{o['atom_steps_per_s']:.3g} | {b['atom_steps_per_s'] / j['atom_steps_per_s']:.2f} | "
                 f"{b['atom_steps_per_s'] / o['atom_steps_per_s']:.2f} | "
-                f"{b['first_chunk_s']:.1f} | {b['peak_rss_mb']:.0f} | "
+                f"{b.get('first_chunk_s', b.get('first_call_s')):.1f} | {b['peak_rss_mb']:.0f} | "
                 f"{b.get('overflows', '')} |")
         lines.append("")
     if "ala2" in r:

@@ -14,11 +14,12 @@ from biojax.core.errors import BiojaxError
 
 # the order of ``biojax --help``: stage names, and the non-stage commands' register functions
 _ORDER = ("run", "sample", "label", "train", "evaluate", "simulate", "analyze",
-          "coarse-grain", "backmap")
+          "coarse-grain", "backmap", "bench")
 _COMMANDS = {"run": "biojax.pipeline:register",
              "label": "biojax.data.stage:register_label",
              "evaluate": "biojax.train.stage:register_evaluate",
-             "backmap": "biojax.cg.backmap:register"}
+             "backmap": "biojax.cg.backmap:register",
+             "bench": "biojax.bench:register"}
 
 
 # environment variables that make the CLI join a multi-process run (biojax.parallel.ENV)
