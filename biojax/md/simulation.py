@@ -448,8 +448,8 @@ class Simulation:
         chunk_frames = cfg.chunk_steps // M
         t_start, steps_done, n_chunks = time.perf_counter(), 0, 0
         first_chunk_s = None
-        bar = progress_bar(cfg.steps - run.step, "simulate", enabled=self.progress,
-                           unit="steps")
+        bar = progress_bar(cfg.steps - run.step, "simulate",
+                           enabled=self.progress and write, unit="steps")
         try:
             while run.step < cfg.steps and (max_chunks is None or n_chunks < max_chunks):
                 n_frames = min(chunk_frames, (cfg.steps - run.step) // M)
