@@ -468,7 +468,8 @@ def map_reference(system: HybridSystem, positions, forces=None, cell=None, pbc=N
     """Atomistic reference frames (F, N, 3) Å (and forces eV/Å) of the structure the
     system was built from → hybrid positions (F, n_r + n_env, 3) and target forces:
     region atoms keep theirs, beads get their group's centre (unwrapped, minimum image)
-    and the sum of its atoms' forces. Returns ``(positions, forces or None)``."""
+    and the sum of its atoms' forces. ``cell``: (3, 3) or (3,) Å of a periodic structure
+    (molecules cut by the box are made whole). Returns ``(positions, forces or None)``."""
     if system.env_mapping is None:
         raise DataError("map_reference: the hybrid system was not built from an atomistic "
                         "structure (no environment mapping)")
@@ -480,9 +481,11 @@ def map_reference(system: HybridSystem, positions, forces=None, cell=None, pbc=N
                         f"built from {system.n_full_atoms} atoms")
     region = list(system.region_indices)
     env = system.env_mapping
-    beads = _group_positions(positions, env.groups, env.matrix,
-                             None if cell is None else np.asarray(cell),
-                             None if pbc is None else np.asarray(pbc))
+    if cell is not None:
+        cell = np.asarray(cell, np.float64)
+        cell = np.diag(cell) if cell.ndim == 1 else cell
+        pbc = np.ones(3, bool) if pbc is None else np.asarray(pbc, bool)
+    beads = _group_positions(positions, env.groups, env.matrix, cell, pbc)
     out_pos = np.concatenate([positions[:, region], beads], axis=1)
     if forces is None:
         return out_pos, None
