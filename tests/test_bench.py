@@ -21,6 +21,7 @@ def _positive_numbers(run):
     return key
 
 
+@pytest.mark.slow  # eight JAX child processes, each importing and compiling: ~100 s of CPU
 def test_smoke_suite_runs_every_workload(tmp_path):
     out = tmp_path / "bench"
     results = run_suite("smoke", str(out), log=lambda msg: None)
@@ -85,6 +86,8 @@ def test_failing_and_hanging_workloads_are_reported_and_the_rest_completes(
 
 
 def test_compare_renders_two_committed_results(tmp_path):
+    """smoke_a.json and smoke_b.json are two smoke-suite runs on the development CPU; in
+    smoke_b the training workload failed (a bug fixed since), so failed cells show too."""
     a, b = os.path.join(DATA, "smoke_a.json"), os.path.join(DATA, "smoke_b.json")
     written = compare([a, b], str(tmp_path))
     text = (tmp_path / "compare.md").read_text()

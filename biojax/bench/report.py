@@ -82,6 +82,8 @@ def _lj_table(w: dict) -> list[str]:
                      f"{_cell(b, 'ns_per_day')} | {_cell(j)} | {_cell(oc)} | {_cell(og)} | "
                      f"{_ratio(b, j)} | {_ratio(b, oc)} | {_ratio(b, og)} | "
                      f"{_cell(b, 'compile_s')} | {_mem(b)} |")
+    lines += ["", "Published point for reference (another machine): jax-md's LJ benchmark at "
+              "64,000 particles on one A100, about 2.9e7 atom-steps/s."]
     return lines
 
 
@@ -126,6 +128,14 @@ def _learned_tables(w: dict) -> list[str]:
                          f"{b['params']['architecture'] if b else '—'} "
                          f"({_g(b['result'].get('parameters'), 6) if b else '—'}) | "
                          f"{_cell(b)} | {_ratio(b, p)} |")
+        versions = sorted({f"mlip {p['result'].get('mlip_version')} on jax "
+                           f"{p['result'].get('jax')}" for p in peers
+                           if p["engine"] == "mlip" and p["status"] == "ok"})
+        if versions:
+            lines += ["", f"mlip ran in its own virtual environment ({', '.join(versions)}), "
+                      "NVT-Langevin through its jax-md engine, 1 fs."]
+    lines += ["", "Published point for reference (another machine and system): mlip's MACE "
+              "on a 1,205-atom protein on one H100, 19.2 ms/step."]
     return lines
 
 

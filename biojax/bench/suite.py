@@ -176,11 +176,11 @@ def plan_learned_md(ctx: Context) -> tuple[dict, list[Job]]:
     archs = learned_architectures()
     opts = {"options": SMOKE_MODEL} if ctx.suite == "smoke" else {}
     cu = list(CU_SIZES[ctx.suite])
-    if ctx.accelerator and ctx.suite in ("standard", "full"):
-        cu += [13, 16]  # 8788, 16384 atoms
-    replicas = list(REPLICAS[ctx.suite])
     if ctx.accelerator and ctx.suite == "standard":
-        replicas.append(256)
+        cu = [4, 8, 10, 16]  # 256 ... 16,384 atoms, in about as many compiles as on a CPU
+    elif ctx.accelerator and ctx.suite == "full":
+        cu += [16, 20]  # 16,384 and 32,000 atoms
+    replicas = list(REPLICAS[ctx.suite])
     jobs = []
     for arch in archs:
         runs, labels = [], []
