@@ -8,7 +8,6 @@ spline-pair potential on H/C/N/O elsewhere (compiles in seconds; any Potential w
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import ase
@@ -148,7 +147,7 @@ def test_selection_by_distance(full):
 
 
 # ---------------------------------------------------------------------------- bad input
-def test_bad_input_errors(full, built):
+def test_bad_input_errors(full, built, tmp_path):
     from biojax.cg import hybrid
     from biojax.core.errors import BiojaxError, ConfigError, ModelError
 
@@ -156,7 +155,8 @@ def test_bad_input_errors(full, built):
         hybrid.select_region(full, {"residues": ["GLY"]})
     with pytest.raises(ConfigError, match="matches no atom"):
         hybrid.select_region(full, hybrid.RegionSpec())
-    with pytest.raises(ConfigError, match=r"cuts 3 covalent bond.*atoms 8 \(C, ALA2:CA\) and 14 \(C, ALA2:C\)"):
+    with pytest.raises(ConfigError, match=r"cuts 3 covalent bond.*atoms 8 \(C, ALA2:CA\) "
+                                          r"and 14 \(C, ALA2:C\)"):
         hybrid.check_region(full, list(range(0, 12)))  # ACE + part of ALA
     assert len(hybrid.check_region(full, list(range(0, 12)), "residues")) == 16
     # an FG model that lacks nitrogen
@@ -169,9 +169,7 @@ def test_bad_input_errors(full, built):
     # an unknown [multiscale] key, through the simulate config loader
     from biojax.md.config import load_config
 
-    path = os.path.join(os.path.dirname(hybrid.__file__), "..", "..", "build",
-                        "hybrid_bad.toml")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = tmp_path / "bad.toml"
     with open(path, "w") as f:
         f.write('steps = 10\n[multiscale]\nregion_residues = ["ALA"]\nfg_modle = "x"\n')
     with pytest.raises(ConfigError, match=r"multiscale.*unknown key.*'fg_modle'"):
@@ -236,8 +234,6 @@ def test_forces_are_minus_gradient_through_region_beads(full):
         fd = -(float(energy(P + d)) - float(energy(P - d))) / (2 * h)
         assert abs(fd - forces[i, k]) < 2e-3 + 2e-2 * abs(forces[i, k]), (i, k, fd,
                                                                            forces[i, k])
-    # the subtraction: with a pair CG model, moving region atoms so the region beads move
-    # together does not change E_CG(B_all) - E_CG(B_reg) beyond the cross terms
 
 
 def test_neighbor_list_energy_equals_all_pairs(built):
