@@ -75,7 +75,7 @@ SMOKE_MODEL = {"features": 16, "n_interactions": 1}
 
 SUITE_SETTINGS = {  # repeats, target s per sample, s per chunk, timeout per job
     "smoke": (3, 0.0, 0.0, 300.0),
-    "quick": (3, 0.6, 0.2, 300.0),
+    "quick": (3, 0.6, 0.2, 900.0),
     "standard": (3, 1.0, 0.25, 1200.0),
     "full": (5, 2.0, 0.5, 3600.0),
 }
