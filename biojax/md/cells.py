@@ -10,7 +10,8 @@ orthorhombic Dense case with one sort and otherwise only gathers (13 ms there):
 2. each cell's candidates are the runs of its 27 surrounding cells packed one after
    another into ``candidate_capacity`` slots, built once per cell and shared by its atoms
    (no padding per cell: 614 slots instead of 27 × 29 = 783 for 5324 argon atoms);
-3. one pass of minimum-image distances marks the candidates within cutoff + skin;
+3. one pass of minimum-image distances marks the candidates within cutoff + skin (on a
+   CPU in blocks of atoms whose candidates stay in cache: 32,000 argon atoms ~2× faster);
 4. the marks are packed into 32-bit words and the k-th mark of each row is found from the
    words' popcounts and a binary search inside its word.
 
@@ -30,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_md import partition
+
+from biojax.nn.classical import map_row_blocks
 
 PEC = partition.PartitionErrorCode
 OFFSETS = np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=np.int32)
@@ -59,8 +62,8 @@ def _neighbour_cells(n_cells: np.ndarray) -> np.ndarray:
 
 
 def _candidates(position, side, n_cells, capacity: int):
-    """Each atom's candidates: the atoms of the 27 cells around its own, packed into
-    ``capacity`` slots (padding N); also the largest such count.
+    """Each cell's candidates: the atoms of the 27 cells around it, packed into
+    ``capacity`` slots (padding N); also each atom's cell and the largest such count.
 
     Atoms are sorted by cell, so a cell's atoms are a run of the sorted order; slot k of
     a neighbourhood reads the run that holds it. The rows are built once per cell and
@@ -92,18 +95,18 @@ def _candidates(position, side, n_cells, capacity: int):
     # on a predicate XLA cannot fold (counts are never negative) does.
     rows = jax.lax.cond(jnp.all(count >= 0), rows,
                         lambda: jnp.full((n_total, capacity), N, jnp.int32))
-    return rows[cell], jnp.max(run_end[:, -1])
+    return rows, cell, jnp.max(run_end[:, -1])
 
 
 def _all_pairs(N: int):
-    """Every other atom as a candidate (small boxes without a cell grid)."""
+    """Every other atom as a candidate (small boxes without a cell grid): one "cell"."""
     j = jnp.arange(N, dtype=jnp.int32)
-    return jnp.broadcast_to(j[None], (N, N)), jnp.int32(0)
+    return j[None], jnp.zeros((N,), jnp.int32), jnp.int32(0)
 
 
 def _compact(candidates, mask, capacity: int, N: int):
-    """The first ``capacity`` marked candidates of each row (padding N) and the largest
-    row count.
+    """The first ``capacity`` marked candidates of each row (padding N) and each row's
+    count of marks.
 
     The mask is packed into 32-bit words; the word holding the k-th mark is found from
     the words' running popcounts, the bit inside it by a five-step binary search. Only
@@ -131,7 +134,7 @@ def _compact(candidates, mask, capacity: int, N: int):
     count = through[:, -1]
     idx = jnp.where(rank[None] < count[:, None],
                     jnp.take_along_axis(candidates, column, 1), N)
-    return idx.astype(jnp.int32), jnp.max(count)
+    return idx.astype(jnp.int32), count
 
 
 def dense_cell_neighbor_list(displacement_fn, side: np.ndarray, cutoff: float, skin: float,
@@ -154,15 +157,21 @@ def dense_cell_neighbor_list(displacement_fn, side: np.ndarray, cutoff: float, s
     def build(position, candidate_capacity: int, capacity: int):
         N = position.shape[0]
         if candidate_capacity:
-            candidates, fullest = _candidates(position, side_j, n_cells, candidate_capacity)
+            cell_rows, cell, fullest = _candidates(position, side_j, n_cells,
+                                                   candidate_capacity)
         else:
-            candidates, fullest = _all_pairs(N)
-        partner = position[jnp.minimum(candidates, N - 1)]
-        d2 = pair_distance_sq(position, partner)
-        own = jnp.arange(N, dtype=jnp.int32)[:, None]
-        mask = (d2 < radius ** 2) & (candidates < N) & (candidates != own)
-        idx, occupancy = _compact(candidates, mask, capacity, N)
-        return idx, occupancy, fullest
+            cell_rows, cell, fullest = _all_pairs(N)
+
+        def atom_rows(rows):  # the atoms ``rows`` (None: all), a block at a time on a CPU
+            own = jnp.arange(N, dtype=jnp.int32) if rows is None else rows
+            candidates = cell_rows[cell[own]]
+            partner = position[jnp.minimum(candidates, N - 1)]
+            d2 = pair_distance_sq(position[own], partner)
+            mask = (d2 < radius ** 2) & (candidates < N) & (candidates != own[:, None])
+            return _compact(candidates, mask, capacity, N)
+
+        idx, count = map_row_blocks(atom_rows, N, cell_rows.shape[1])
+        return idx, jnp.max(count), fullest
 
     def make(position, idx, error, candidate_capacity, capacity):
         return partition.NeighborList(

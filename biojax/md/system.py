@@ -161,6 +161,7 @@ def orthorhombic_displacement(side: np.ndarray) -> Callable:
         d = d - side * jnp.round(d / side)
         return d if perturbation is None else space.raw_transform(perturbation, d)
 
+    displacement.unit_jacobian = True  # ∂d/∂Ra = 1 without perturbation (nn.classical)
     return displacement
 
 
