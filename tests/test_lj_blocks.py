@@ -27,8 +27,9 @@ def _liquid_argon() -> ase.Atoms:
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="row blocks are CPU-only")
 def test_row_blocks_give_the_same_lists_and_forces_as_ase(monkeypatch):
     """With blocks of ~80 rows (the last one padded) the cell-list rebuild finds exactly
-    ASE's pairs within cutoff + skin, and energy and forces equal ASE's LennardJones
-    (smooth, same cutoff and onset) and the unblocked run."""
+    ASE's pairs within cutoff + skin, energy and forces equal ASE's LennardJones
+    (smooth, same cutoff and onset) and the unblocked run, and so does the strain
+    derivative (plain autodiff through the blocks)."""
     atoms = _liquid_argon()
     sys_space = make_space(atoms, npt=False)
     positions = jnp.asarray(to_internal(atoms.positions, sys_space))
@@ -40,13 +41,16 @@ def test_row_blocks_give_the_same_lists_and_forces_as_ase(monkeypatch):
         nbrs = fns.allocate(positions)
         energy = pot.energy_fn(sys_space.displacement_fn, atoms.numbers)
         e, g = jax.value_and_grad(lambda r: energy(r, nbrs))(positions)
-        return nbrs, float(e), -np.asarray(g)
+        # the strain derivative (jax-md's pressure) goes through plain autodiff
+        virial = jax.grad(lambda eps: energy(positions, nbrs, perturbation=eps))(
+            jnp.eye(3))
+        return nbrs, float(e), -np.asarray(g), np.asarray(virial)
 
-    nbrs, e_all, f_all = run()
+    nbrs, e_all, f_all, v_all = run()
     assert classical.row_block(len(atoms), nbrs.idx.shape[1]) == len(atoms)  # one block
     monkeypatch.setattr(classical, "ROW_BLOCK_SLOTS", 8_000)
     assert 20 < classical.row_block(len(atoms), nbrs.idx.shape[1]) < len(atoms) // 4
-    blocked, e, f = run()
+    blocked, e, f, v = run()
     assert not blocked.did_buffer_overflow
 
     i, j = neighbor_list("ij", atoms, CUTOFF + 0.5)
@@ -62,6 +66,8 @@ def test_row_blocks_give_the_same_lists_and_forces_as_ase(monkeypatch):
     np.testing.assert_allclose(f, f_ase, atol=2e-5 * np.abs(f_ase).max())
     np.testing.assert_allclose(e, e_all, rtol=1e-6)
     np.testing.assert_allclose(f, f_all, atol=1e-6 * np.abs(f_all).max())
+    assert np.abs(v_all).max() > 0.1
+    np.testing.assert_allclose(v, v_all, rtol=1e-5, atol=1e-5 * np.abs(v_all).max())
 
 
 def test_unit_jacobian_rule_equals_the_pulled_back_rule():
