@@ -34,6 +34,7 @@ ALA2_DATA = os.path.join(ROOT, "examples", "data", "ala2_xtb.extxyz")
 MODEL_CUTOFF = 5.0                         # Å, learned models
 CU_A = 3.61                                # Å, copper fcc lattice constant
 LEARNED_DT_FS = 1.0
+RANDOM_MODEL_SCALE = 0.01                  # eV, output scale of the random-weight models
 
 
 def _ns_per_day(steps_per_s: float, dt_fs: float) -> float:
@@ -253,9 +254,12 @@ def learned_potential(architecture: str, atoms, precision: str = "float32",
     from biojax.nn.models import init_potential
 
     dtype = jnp.float64 if precision == "float64" else jnp.float32
+    # outputs × 0.01 eV: the same cost per step, but random weights then push atoms
+    # gently enough that a Langevin run of many replicas does not blow up
     pot = init_potential(architecture_dict(architecture, options),
                          sorted(set(int(z) for z in atoms.numbers)),
-                         MODEL_CUTOFF, key=jax.random.PRNGKey(0), dtype=dtype)
+                         MODEL_CUTOFF, key=jax.random.PRNGKey(0), dtype=dtype,
+                         scale=RANDOM_MODEL_SCALE)
     n_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(pot.params)))
     return pot, n_params
 

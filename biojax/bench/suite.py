@@ -219,7 +219,7 @@ def plan_learned_md(ctx: Context) -> tuple[dict, list[Job]]:
                         f"no mlip venv at {MLIP_PYTHON} (python3 -m venv DIR && "
                         "DIR/bin/pip install mlip; set BIOJAX_BENCH_MLIP_PYTHON)"))
     config = {"architectures": archs, "hyperparameters": opts.get("options", "each "
-              "architecture's defaults") , "weights": "random", "cutoff_A": 5.0, "md": "Langevin 300 K, 1 fs",
+              "architecture's defaults"), "weights": "random, outputs x 0.01 eV", "cutoff_A": 5.0, "md": "Langevin 300 K, 1 fs",
               "copper": {"a_A": 3.61, "cells": cu, "atoms": [4 * n**3 for n in cu]},
               "alanine_dipeptide_replicas": replicas, "ase_peer_system": peer_label}
     return config, jobs
