@@ -28,7 +28,7 @@ def lj_atoms(n_cells: int):
     return FaceCenteredCubic("Ar", size=(n_cells,) * 3, latticeconstant=A_FCC)
 
 
-def timeit(fn, *args, reps=10, agg=min, cpu=True):
+def timeit(fn, *args, reps=10, agg=min, cpu=bool(int(os.environ.get("CPU_TIME", "1")))):
     """Time per call (s) after a warm-up call: the ``agg`` (min) of ``reps`` calls, in wall
     time or, with ``cpu=True``, in CPU time of this process (all threads), which on a
     machine shared with other jobs varies much less than the wall time."""
