@@ -130,23 +130,11 @@ def case_openmm(n_cells: int, steps: int) -> dict:
     import openmm
     import openmm.unit as u
 
-    from biojax.core.units import KJ_PER_MOL, NM
+    from biojax.bench.cases import openmm_lj_system
+    from biojax.core.units import NM
 
     atoms = lj_atoms(n_cells)
-    system = openmm.System()
-    L = atoms.cell.diagonal() / NM
-    system.setDefaultPeriodicBoxVectors(openmm.Vec3(L[0], 0, 0), openmm.Vec3(0, L[1], 0),
-                                        openmm.Vec3(0, 0, L[2]))
-    nb = openmm.NonbondedForce()
-    nb.setNonbondedMethod(openmm.NonbondedForce.CutoffPeriodic)
-    nb.setCutoffDistance(CUTOFF / NM)
-    nb.setUseSwitchingFunction(True)
-    nb.setSwitchingDistance(0.8 * CUTOFF / NM)
-    nb.setUseDispersionCorrection(False)
-    for _ in range(len(atoms)):
-        system.addParticle(39.948)
-        nb.addParticle(0.0, SIGMA / NM, EPS / KJ_PER_MOL)
-    system.addForce(nb)
+    system = openmm_lj_system(atoms)
     integrator = openmm.VerletIntegrator(2.0 * u.femtoseconds)
     ctx = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"),
                          {"Threads": str(os.cpu_count())})

@@ -162,23 +162,13 @@ def case_lj_jaxmd(n_cells, steps: int, repeats: int = 3, target_s: float = 0.0,
     return out
 
 
-def case_lj_openmm(n_cells, steps: int, repeats: int = 3, target_s: float = 0.0,
-                   platform: str = "CPU", precision: str = "float32") -> dict:
-    """OpenMM (``platform`` CPU or CUDA): NonbondedForce LJ, same cutoff and switch,
-    Verlet 2 fs; CPU with one thread per core. ``precision``: CUDA's single/double."""
-    try:
-        import openmm
-        import openmm.unit as u
-    except ImportError as exc:
-        raise Unavailable(f"openmm is not installed ({exc})") from None
+def openmm_lj_system(atoms):
+    """The LJ argon workload as an OpenMM System: NonbondedForce with biojax's cutoff and
+    switch (from 0.8 × cutoff), no dispersion correction, orthorhombic box of ``atoms``."""
+    import openmm
 
     from biojax.core.units import KJ_PER_MOL, NM
 
-    try:
-        platform_ = openmm.Platform.getPlatformByName(platform)
-    except Exception as exc:  # noqa: BLE001 - OpenMMException
-        raise Unavailable(f"OpenMM platform {platform} not available: {exc}") from None
-    atoms = lj_atoms(n_cells)
     system = openmm.System()
     L = atoms.cell.diagonal() / NM
     system.setDefaultPeriodicBoxVectors(openmm.Vec3(L[0], 0, 0), openmm.Vec3(0, L[1], 0),
@@ -189,11 +179,31 @@ def case_lj_openmm(n_cells, steps: int, repeats: int = 3, target_s: float = 0.0,
     nb.setUseSwitchingFunction(True)
     nb.setSwitchingDistance(0.8 * CUTOFF / NM)
     nb.setUseDispersionCorrection(False)
-    eps_kj = EPS / KJ_PER_MOL
     for _ in range(len(atoms)):
         system.addParticle(39.948)
-        nb.addParticle(0.0, SIGMA / NM, eps_kj)
+        nb.addParticle(0.0, SIGMA / NM, EPS / KJ_PER_MOL)
     system.addForce(nb)
+    return system
+
+
+def case_lj_openmm(n_cells, steps: int, repeats: int = 3, target_s: float = 0.0,
+                   platform: str = "CPU", precision: str = "float32") -> dict:
+    """OpenMM (``platform`` CPU or CUDA): NonbondedForce LJ, same cutoff and switch,
+    Verlet 2 fs; CPU with one thread per core. ``precision``: CUDA's single/double."""
+    try:
+        import openmm
+        import openmm.unit as u
+    except ImportError as exc:
+        raise Unavailable(f"openmm is not installed ({exc})") from None
+
+    from biojax.core.units import NM
+
+    try:
+        platform_ = openmm.Platform.getPlatformByName(platform)
+    except Exception as exc:  # noqa: BLE001 - OpenMMException
+        raise Unavailable(f"OpenMM platform {platform} not available: {exc}") from None
+    atoms = lj_atoms(n_cells)
+    system = openmm_lj_system(atoms)
     integrator = openmm.VerletIntegrator(LJ_DT_FS * u.femtoseconds)
     threads = os.cpu_count()
     props = {"Threads": str(threads)} if platform == "CPU" else \
