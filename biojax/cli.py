@@ -30,7 +30,7 @@ class _HelpFormatter(argparse.HelpFormatter):
     """Leaves room for the longest command name (``coarse-grain``) beside its help."""
 
     def __init__(self, prog):
-        super().__init__(prog, max_help_position=30)
+        super().__init__(prog, max_help_position=20)
 
     def add_argument(self, action):
         super().add_argument(action)
@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute in float64 (chosen once, before any JAX work)")
     dist = parser.add_argument_group(
         "multi-process runs (biojax.parallel; one command per host, see README)")
-    dist.add_argument("--coordinator", metavar="HOST:PORT",
-                      help="address of process 0 (env BIOJAX_COORDINATOR)")
+    dist.add_argument("--coordinator", metavar="ADDR",
+                      help="HOST:PORT of process 0 (env BIOJAX_COORDINATOR)")
     dist.add_argument("--num-processes", type=int, metavar="N",
                       help="number of processes (env BIOJAX_NUM_PROCESSES)")
     dist.add_argument("--process-id", type=int, metavar="I",
