@@ -24,7 +24,11 @@ TIMEOUT = 600
 
 def _env(n_devices: int) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    # forced host devices share the 2 CI cores with another test worker: the in-process
+    # all-reduce may wait longer for all its participants than XLA's default 40 s
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={n_devices} "
+                        "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                        "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120")
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("BIOJAX_COORDINATOR", None)
     return env
