@@ -1,0 +1,103 @@
+"""Attributions for any differentiable model: integrated gradients and in-silico
+mutagenesis.
+
+``f`` is a JAX function from one input array to a scalar (a classifier logit, an energy
+in eV, a log-likelihood); attributions have the shape of the input and the units of
+``f``. Integrated gradients (Sundararajan et al., ICML 2017) integrate ∇f along the
+straight path from a baseline x' to x:
+
+    IG_i = (x_i - x'_i) ∫_0^1 ∂f/∂x_i (x' + a (x - x')) da
+
+approximated here by the midpoint rule with ``steps`` points; by the fundamental theorem
+of calculus the attributions sum to f(x) − f(x') ("completeness") up to that
+quadrature error, which :func:`completeness_error` reports.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biojax.core.errors import AnalysisError
+
+__all__ = ["integrated_gradients", "completeness_error", "in_silico_mutagenesis",
+           "batched_integrated_gradients"]
+
+
+def _check(x, baseline):
+    x = jnp.asarray(x)
+    baseline = jnp.zeros_like(x) if baseline is None else jnp.asarray(baseline, x.dtype)
+    if baseline.shape != x.shape:
+        raise AnalysisError(f"integrated_gradients: baseline shape {baseline.shape} "
+                            f"differs from input shape {x.shape}")
+    return x, baseline
+
+
+def integrated_gradients(f: Callable, x, baseline=None, steps: int = 64,
+                         chunk: int | None = None):
+    """Integrated-gradient attributions of scalar ``f`` at ``x`` (shape of ``x``, units
+    of ``f``) against ``baseline`` (default zeros), midpoint rule with ``steps`` points.
+    ``chunk``: evaluate the path gradients this many at a time (memory); default all."""
+    if int(steps) < 1:
+        raise AnalysisError(f"integrated_gradients: steps must be ≥ 1, got {steps}")
+    x, baseline = _check(x, baseline)
+    steps = int(steps)
+    alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps
+    grad = jax.grad(lambda z: jnp.asarray(f(z)).reshape(()))
+    delta = x - baseline
+
+    def path_grad(a):
+        return grad(baseline + a * delta)
+
+    if chunk is None or chunk >= steps:
+        total = jnp.sum(jax.vmap(path_grad)(alphas), axis=0)
+    else:
+        total = jnp.zeros_like(x)
+        for i in range(0, steps, int(chunk)):
+            total = total + jnp.sum(jax.vmap(path_grad)(alphas[i:i + int(chunk)]), axis=0)
+    return delta * total / steps
+
+
+def completeness_error(f: Callable, x, baseline=None, attributions=None, steps: int = 64):
+    """``sum(attributions) − (f(x) − f(baseline))`` (units of ``f``): the quadrature error
+    of :func:`integrated_gradients` (computed with ``steps`` if ``attributions`` is None).
+    Decreases as O(1/steps²) for smooth ``f``."""
+    x, baseline = _check(x, baseline)
+    if attributions is None:
+        attributions = integrated_gradients(f, x, baseline, steps=steps)
+    return float(jnp.sum(attributions) - (jnp.asarray(f(x)) - jnp.asarray(f(baseline))))
+
+
+def batched_integrated_gradients(f: Callable, xs, baseline=None, steps: int = 32):
+    """Integrated gradients for each input in the batch ``xs`` (leading axis), one jitted
+    call; ``baseline`` has the shape of one input (default zeros). Returns ``xs``' shape."""
+    xs = jnp.asarray(xs)
+    base = jnp.zeros(xs.shape[1:], xs.dtype) if baseline is None else jnp.asarray(baseline)
+    if base.shape != xs.shape[1:]:
+        raise AnalysisError(f"batched_integrated_gradients: baseline shape {base.shape} "
+                            f"differs from one input's shape {xs.shape[1:]}")
+    fn = jax.jit(jax.vmap(lambda x: integrated_gradients(f, x, base, steps=steps)))
+    return fn(xs)
+
+
+def in_silico_mutagenesis(f: Callable, onehot):
+    """Effect of every single substitution on scalar ``f`` for a one-hot sequence
+    ``onehot`` of shape (L, A): returns (L, A) with ``f(mutant) − f(onehot)`` where the
+    mutant has letter ``a`` at position ``i`` (0 at the letters already present)."""
+    x = jnp.asarray(onehot)
+    if x.ndim != 2:
+        raise AnalysisError(f"in_silico_mutagenesis: expected a one-hot (length, alphabet) "
+                            f"array, got shape {x.shape}")
+    length, alpha = x.shape
+    eye = jnp.eye(alpha, dtype=x.dtype)
+
+    def mutant(i, a):
+        return x.at[i].set(eye[a])
+
+    ii, aa = np.meshgrid(np.arange(length), np.arange(alpha), indexing="ij")
+    mutants = jax.vmap(mutant)(jnp.asarray(ii.ravel()), jnp.asarray(aa.ravel()))
+    values = jax.vmap(f)(mutants).reshape(length, alpha) - f(x)
+    return jnp.where(x > 0.5, 0.0, values)  # exact zeros where nothing changed
