@@ -91,6 +91,8 @@ observables = Registry("observable")          # factory(**options) -> fn(state, 
 reference_engines = Registry("reference engine")  # factory(**options) -> ASE calculator
 features = Registry("analysis feature")       # factory(trajectory, config) -> table
 stages = Registry("stage")                    # module with Config, load_config, run
+collective_variables = Registry("collective variable")  # factory(system, **options) -> CV
+biases = Registry("bias")                     # factory(system, context, **options) -> EnergyTerm
 
 _PROVIDERS: dict[str, tuple[str, ...]] = {
     "model": ("biojax.nn.models", "biojax.nn.classical", "biojax.cg.spline"),
@@ -100,6 +102,8 @@ _PROVIDERS: dict[str, tuple[str, ...]] = {
     "observable": ("biojax.md.terms",),
     "reference engine": ("biojax.data.reference",),
     "analysis feature": ("biojax.analysis.pipeline",),
+    "collective variable": ("biojax.sampling.cv",),
+    "bias": ("biojax.sampling.bias",),
     "stage": ("biojax.data.stage", "biojax.train.stage", "biojax.md.stage",
               "biojax.analysis.stage", "biojax.cg.stage"),
 }

@@ -132,6 +132,9 @@ class SimulateConfig:
     neighbor_format: Literal["auto", "dense", "sparse", "ordered-sparse"] = "auto"
     energy_terms: tuple[dict, ...] = ()  # [[energy_terms]] {name, options}: restraints, biases
     observables: tuple[dict, ...] = ()   # [[observables]] {name, label?, options}
+    # [[bias]] {name, label?, cv = [...], options}: restraints, walls, metad, opes
+    # (biojax.sampling.bias)
+    bias: tuple[dict, ...] = ()
     max_timestep_fs: float = 20.0
     out: str = dataclasses.field(default="md_run", metadata={"path": True})  # output folder
     overwrite: bool = False             # replace the results of an earlier run in out

@@ -29,7 +29,7 @@ from biojax.core.units import BAR, KB
 from biojax.md.cells import dense_cell_neighbor_list
 from biojax.md.integrators import Integrator, kinetic_energy
 from biojax.md.system import SystemSpace
-from biojax.md.terms import observe_extra, update_term_states
+from biojax.md.terms import observe_extra, observe_terms, update_term_states
 
 
 NEIGHBOR_FORMATS = {"dense": partition.NeighborListFormat.Dense,
@@ -189,6 +189,8 @@ def make_observe(integ: Integrator, potential_fn: Callable, terms: Sequence,
             out["pressure_bar"] = p / BAR
             out["volume"] = quantity.volume(3, b)
         out.update(observe_extra(extra_observables, state, **kw))
+        if terms:
+            out.update(observe_terms(terms, term_states, state.position, **kw))
         return out
 
     return observe

@@ -44,7 +44,8 @@ from biojax.md.config import SimulateConfig, Units
 from biojax.md.integrators import build_integrator
 from biojax.md.system import (cell_of, check_atoms, covalent_bonds, make_space,
                               neighbor_box, repartitioned_masses, to_cartesian, to_internal)
-from biojax.md.terms import (System, as_energy_term, energy_terms_from_config,
+from biojax.md.terms import (System, as_energy_term, biases_from_config,
+                             energy_terms_from_config, sync_term_states,
                              flatten_row, init_term_states, observables_from_config,
                              total_energy_fn)
 from biojax.nn.potential import Potential
@@ -106,7 +107,8 @@ class Simulation:
         self.mass = jnp.asarray(masses, jnp.float32)[:, None]
         system = System(numbers, masses, self.space.displacement_fn, self.space.periodic)
         self.terms = ([as_energy_term(t) for t in energy_terms]
-                      + energy_terms_from_config(config.energy_terms, system))
+                      + energy_terms_from_config(config.energy_terms, system)
+                      + biases_from_config(config.bias, system, config))
         extra = observables_from_config(config.observables, system)
         extra.update(observables or {})
         self.extra_observables = list(extra)
@@ -284,7 +286,8 @@ class Simulation:
                 self.space, box=np.asarray(a.cell, np.float64).T))) for a in self.starts])
         boxes = self._start_boxes()
         box = jnp.stack([b["box"] for b in boxes]) if boxes[0] else None
-        init_terms = self._map(lambda R: init_term_states(self.terms, R))
+        init_map = self._map(lambda R: init_term_states(self.terms, R))
+        init_terms = lambda R: self._sync_terms(init_map(R))  # noqa: E731
         term_states = init_terms(positions)
         if (cfg.minimize if minimize_first is None else minimize_first):
             positions = self._minimize(positions, boxes, term_states)
@@ -310,6 +313,15 @@ class Simulation:
 
         state = self._map(init)(keys, positions, nbrs, term_states, self.kT, momenta, box)
         return RunState(state, term_states, nbrs, 0, 0.0)
+
+    def _sync_terms(self, term_states):
+        """The terms' ``sync`` on the replica-stacked states (multiple walkers merge
+        their hills, umbrella windows set their centres), jitted once."""
+        if not any(t.sync is not None for t in self.terms):
+            return term_states
+        if not hasattr(self, "_sync_fn"):
+            self._sync_fn = jax.jit(lambda ts: sync_term_states(self.terms, ts))
+        return self._sync_fn(term_states)
 
     # ------------------------------------------------------------------ chunks
     def _chunk_fn(self, n_frames: int, capacity: int):
@@ -488,6 +500,7 @@ class Simulation:
                         self._write_plots(out)
                     self._blowup(alarm, run, out, ke_limit, pe_limit)
                 run.state, run.term_states, run.nbrs = state, term_states, nbrs
+                run.term_states = self._sync_terms(run.term_states)
                 run.step += n_frames * M
                 steps_done += n_frames * M
                 n_chunks += 1

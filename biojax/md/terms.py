@@ -50,6 +50,12 @@ class EnergyTerm(NamedTuple):
     energy: Callable                       # energy(positions, state, **kw) -> eV
     init: Callable | None = None           # init(positions) -> state pytree
     update: Callable | None = None         # update(state, positions, **kw) -> state
+    # observe(positions, state, **kw) -> {column: scalar or 1-D}, recorded with the
+    # observables (keys several terms return, e.g. bias_energy, are summed)
+    observe: Callable | None = None
+    # sync(states) -> states on the replica-stacked states (leading replica axis), after
+    # init and after every chunk: what couples replicas (multiple walkers' shared bias)
+    sync: Callable | None = None
 
 
 def as_energy_term(term: Any) -> EnergyTerm:
@@ -177,6 +183,36 @@ def update_term_states(terms: Sequence[EnergyTerm], states: tuple, positions, **
     """Advance stateful terms after a step."""
     return tuple(s if t.update is None else t.update(s, positions, **kw)
                  for t, s in zip(terms, states))
+
+
+def sync_term_states(terms: Sequence[EnergyTerm], states: tuple) -> tuple:
+    """Apply each term's ``sync`` to its replica-stacked state."""
+    return tuple(s if t.sync is None else t.sync(s) for t, s in zip(terms, states))
+
+
+def observe_terms(terms: Sequence[EnergyTerm], states: tuple, positions, **kw) -> dict:
+    """The columns the terms' ``observe`` return; a key returned by several terms is
+    summed (``bias_energy``, ``bias_logw``)."""
+    out: dict = {}
+    for t, s in zip(terms, states):
+        if getattr(t, "observe", None) is None:
+            continue
+        for k, v in t.observe(positions, s, **kw).items():
+            out[k] = out[k] + v if k in out else jnp.asarray(v)
+    return out
+
+
+def biases_from_config(tables: Sequence[dict], system: System, config) -> list:
+    """Bias terms of ``[[bias]]`` tables (registry ``biases``, built in
+    ``biojax.sampling.bias``), given the run's temperature, replicas and time step."""
+    if not tables:
+        return []
+    from biojax.core.registry import import_object
+
+    build = import_object("biojax.sampling.bias:biases_from_config", "bias")
+    return build(tables, system, {"temperature_K": config.temperature_K,
+                                  "replicas": config.replicas,
+                                  "timestep_fs": config.timestep_fs})
 
 
 def observe_extra(fns: dict[str, Callable], state, **kw) -> dict:
