@@ -8,10 +8,12 @@ spline-pair potential on H/C/N/O elsewhere (compiles in seconds; any Potential w
 
 from __future__ import annotations
 
+import json
 import os
 
 import ase
 import ase.io
+
 import numpy as np
 import pytest
 
@@ -70,12 +72,20 @@ def water_cg(seed=1):
                                              energies=e))
 
 
-def random_coupling(seed=2, scale=0.01):
-    from biojax.cg.hybrid import Coupling
+def random_coupling(seed=2, scale=0.01, screening=None):
+    """A coupling with random knot energies; with ``screening`` (λ), also screening pairs
+    from random charges on the 22 solute atoms (a few pairs excluded or scaled)."""
+    from biojax.cg.hybrid import Coupling, coulomb_pairs
 
-    e = scale * np.random.default_rng(seed).normal(size=(4, 1, 11))
+    rng = np.random.default_rng(seed)
+    e = scale * rng.normal(size=(4, 1, 11))
+    pairs = None
+    if screening is not None:
+        pairs = coulomb_pairs(rng.normal(scale=0.3, size=22), {(0, 1): 0.0, (4, 6): 0.0,
+                                                               (4, 14): 0.02})
     return Coupling.create([1, 6, 7, 8], [8], cutoff=6.0, n_knots=12, r_min=1.5,
-                           energies=e)
+                           energies=e, screening_pairs=pairs,
+                           screening=0.0 if screening is None else screening)
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +195,20 @@ def test_coupling_save_load(tmp_path):
     from biojax.cg import hybrid
     from biojax.core.errors import ModelError
 
-    c = random_coupling()
-    path = tmp_path / "coupling.json"
-    hybrid.save_coupling(c, path)
-    back = hybrid.load_coupling(tmp_path)  # a folder holding coupling.json
-    assert back.model == c.model
-    np.testing.assert_array_equal(np.asarray(back.params["energies"]),
-                                  np.asarray(c.params["energies"]))
+    for c in (random_coupling(), random_coupling(screening=-0.3)):
+        path = tmp_path / "coupling.json"
+        hybrid.save_coupling(c, path)
+        back = hybrid.load_coupling(tmp_path)  # a folder holding coupling.json
+        assert back.model == c.model
+        assert set(back.params) == set(c.params)
+        for k in c.params:
+            np.testing.assert_array_equal(np.asarray(back.params[k]), np.asarray(c.params[k]))
+    assert len(c.model.screening_pairs) == 22 * 21 // 2 - 2   # two excluded pairs
+    doc = json.loads(path.read_text())
+    doc["screening_lambda"] = None
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="screening_lambda"):
+        hybrid.load_coupling(path)
     path.write_text('{"format": "biojax-hybrid-coupling", "model": {"elements": [1]}}')
     with pytest.raises(ModelError, match="malformed coupling"):
         hybrid.load_coupling(path)
@@ -215,8 +232,8 @@ def test_forces_are_minus_gradient_through_region_beads(full):
     hyb, system = hybrid.build_hybrid(full, region, "residue", region_beads="same",
                                       bead_number=8)
     assert system.n_region_beads == 3
-    pot = hybrid.HybridPotential(spline_fg(), water_cg(), random_coupling(scale=0.05),
-                                 system)
+    pot = hybrid.HybridPotential(spline_fg(), water_cg(),
+                                 random_coupling(scale=0.05, screening=-0.4), system)
     space = make_space(hyb, False)
     parts = pot.energy_parts_fn(space.displacement_fn)
     P = jnp.asarray(hyb.positions, jnp.float32)
@@ -354,8 +371,8 @@ def test_fit_recovers_known_coupling(built):
     from biojax.md.system import orthorhombic_displacement
 
     hyb, system = built
-    truth = hybrid.HybridPotential(spline_fg(), water_cg(), random_coupling(scale=0.03),
-                                   system)
+    truth = hybrid.HybridPotential(spline_fg(), water_cg(),
+                                   random_coupling(scale=0.03, screening=-0.35), system)
     rng = np.random.default_rng(5)
     P = hyb.positions[None] + rng.normal(scale=0.15, size=(24, len(hyb), 3))
     disp = orthorhombic_displacement(np.full(3, BOX, np.float32))
@@ -370,6 +387,7 @@ def test_fit_recovers_known_coupling(built):
     assert m["before"]["valid"]["region"] > 0.02
     assert m["after"]["valid"]["all"] < 0.02 * m["before"]["valid"]["all"]
     assert m["after"]["valid"]["region"] < 2e-3
+    assert abs(float(res.coupling.params["screening"]) + 0.35) < 0.01   # λ recovered
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -52,7 +52,8 @@ from biojax.cg.mapping import Mapping, from_groups
 from biojax.core.errors import ConfigError, DataError, ModelError
 
 COUPLING_FORMAT = "biojax-hybrid-coupling"
-COUPLING_VERSION = 1
+COUPLING_VERSION = 2          # 2: optional solvent screening of the region's Coulomb pairs
+COULOMB_EV_A = 14.399645      # e²/(4π ε0) in eV·Å
 _WATER = ("HOH", "WAT", "SOL", "TIP3", "TIP4", "SPC", "H2O")
 
 
@@ -504,7 +505,16 @@ class CouplingModel:
     below ``r_min``), plus the fixed repulsion ``prior_epsilon`` (eV) ·
     (σ_Z/r)^``prior_exponent``, force-shifted to vanish with its slope at the cutoff;
     σ_Z = ``prior_sigma`` per region element (Å). Parameters ``{"energies": (n_elements,
-    n_bead_types, n_knots − 1)}`` eV."""
+    n_bead_types, n_knots − 1)}`` eV.
+
+    Optional **solvent screening** of the region's own electrostatics: with
+    ``screening_pairs`` ((i, j, q_i q_j) over region atoms in region order, charge products
+    in e² with the force field's exclusions and 1-4 scaling already applied), the energy
+    gains λ · k_e Σ q_i q_j / r_ij with a fitted λ (``params["screening"]``; λ = −1 would
+    switch those Coulomb pairs off, λ ≈ −0.3 says the solvent cancels about a third of
+    them). A pair coupling between atoms and orientation-averaged beads cannot screen the
+    region's own charges; this one number can, and it is linear in λ like the splines,
+    so the same least-squares force matching fits it."""
 
     elements: tuple[int, ...]
     bead_numbers: tuple[int, ...]
@@ -514,6 +524,7 @@ class CouplingModel:
     prior_epsilon: float = 0.01
     prior_sigma: tuple[float, ...] = ()
     prior_exponent: int = 12
+    screening_pairs: tuple[tuple[int, int, float], ...] = ()
 
     def __post_init__(self):
         from biojax.cg.spline import spline_operator
@@ -530,6 +541,10 @@ class CouplingModel:
         if self.prior_epsilon < 0 or any(s <= 0 for s in self.prior_sigma):
             raise ModelError("coupling model: prior_epsilon must be >= 0 eV and prior_sigma "
                              "> 0 Å")
+        for pair in self.screening_pairs:
+            if len(pair) != 3 or int(pair[0]) == int(pair[1]) or min(pair[:2]) < 0:
+                raise ModelError(f"coupling model: a screening pair must be (i, j, q_i q_j) "
+                                 f"with two distinct region atoms i, j >= 0, got {pair}")
         spline_operator(self.n_knots, self.r_min, self.cutoff)
 
     @property
@@ -547,8 +562,33 @@ class CouplingModel:
         """Zero knot energies: the repulsion alone."""
         import jax.numpy as jnp
 
-        return {"energies": jnp.zeros((len(self.elements), len(self.bead_numbers),
-                                       self.n_knots - 1), jnp.float32)}
+        params = {"energies": jnp.zeros((len(self.elements), len(self.bead_numbers),
+                                         self.n_knots - 1), jnp.float32)}
+        if self.screening_pairs:
+            params["screening"] = jnp.zeros((), jnp.float32)
+        return params
+
+    def check_region_size(self, n_region: int) -> None:
+        """ModelError when a screening pair names an atom beyond the region."""
+        if self.screening_pairs:
+            top = max(max(int(i), int(j)) for i, j, _ in self.screening_pairs)
+            if top >= n_region:
+                raise ModelError(f"coupling model: a screening pair names region atom {top}, "
+                                 f"but the region has {n_region} atoms")
+
+    def screening_energy(self, params, x, displacement: Callable):
+        """λ · k_e Σ q_i q_j / r_ij (eV) over the screening pairs of region positions ``x``
+        (Å); ``displacement(a, b)`` handles the box. Zero without screening pairs."""
+        import jax
+        import jax.numpy as jnp
+
+        if not self.screening_pairs:
+            return jnp.zeros((), x.dtype)
+        pairs = np.asarray(self.screening_pairs, np.float64)
+        i, j = pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32)
+        qq = jnp.asarray(pairs[:, 2] * COULOMB_EV_A, x.dtype)
+        d = jax.vmap(displacement)(x[i], x[j])
+        return params["screening"] * jnp.sum(qq / jnp.sqrt(jnp.sum(d * d, -1)))
 
     def element_index(self, numbers: Sequence[int], what: str = "region") -> np.ndarray:
         lookup = {z: i for i, z in enumerate(self.elements)}
@@ -597,6 +637,7 @@ class CouplingModel:
         d = dataclasses.asdict(self)
         d["elements"], d["bead_numbers"] = list(self.elements), list(self.bead_numbers)
         d["prior_sigma"] = list(self.prior_sigma)
+        d["screening_pairs"] = [[int(i), int(j), float(q)] for i, j, q in self.screening_pairs]
         return d
 
     @classmethod
@@ -609,6 +650,8 @@ class CouplingModel:
         for key in ("elements", "bead_numbers"):
             d[key] = tuple(int(z) for z in d[key])
         d["prior_sigma"] = tuple(float(s) for s in d.get("prior_sigma", ()))
+        d["screening_pairs"] = tuple((int(i), int(j), float(q))
+                                     for i, j, q in d.get("screening_pairs", ()))
         return cls(**d)
 
 
@@ -623,10 +666,13 @@ class Coupling:
     def create(cls, elements: Sequence[int], bead_numbers: Sequence[int], cutoff: float = 6.0,
                n_knots: int = 20, r_min: float = 1.5, prior_epsilon: float = 0.01,
                prior_sigma: Sequence[float] | float | None = None, prior_exponent: int = 12,
-               energies=None) -> "Coupling":
+               energies=None, screening_pairs: Sequence | None = None,
+               screening: float = 0.0) -> "Coupling":
         """A coupling for these region elements and bead numbers (sorted); ``energies``
         (n_elements, n_bead_types, n_knots − 1) eV, default 0 (repulsion only);
-        ``prior_sigma`` one σ (Å) for all elements or one per element."""
+        ``prior_sigma`` one σ (Å) for all elements or one per element;
+        ``screening_pairs`` (i, j, q_i q_j e²) over region atoms with ``screening`` its λ
+        (see :class:`CouplingModel`; :func:`coulomb_pairs` builds them from charges)."""
         import jax.numpy as jnp
 
         elements = tuple(sorted({int(z) for z in elements}))
@@ -637,15 +683,19 @@ class Coupling:
             sig = (float(prior_sigma),) * len(elements)
         else:
             sig = tuple(float(s) for s in prior_sigma)
+        pairs = tuple((int(i), int(j), float(q)) for i, j, q in (screening_pairs or ()))
         model = CouplingModel(elements, bead_numbers, float(cutoff), int(n_knots),
-                              float(r_min), float(prior_epsilon), sig, int(prior_exponent))
+                              float(r_min), float(prior_epsilon), sig, int(prior_exponent),
+                              pairs)
         params = model.init()
+        if pairs:
+            params["screening"] = jnp.asarray(screening, jnp.float32)
         if energies is not None:
             energies = np.asarray(energies, np.float32)
             if energies.shape != params["energies"].shape:
                 raise ModelError(f"coupling energies must have shape "
                                  f"{params['energies'].shape}, got {energies.shape}")
-            params = {"energies": jnp.asarray(energies)}
+            params = {**params, "energies": jnp.asarray(energies)}
         return cls(model, params)
 
     def replace(self, **changes) -> "Coupling":
@@ -662,6 +712,8 @@ def save_coupling(coupling: Coupling, path: str | os.PathLike) -> None:
     doc = {"format": COUPLING_FORMAT, "format_version": COUPLING_VERSION,
            "biojax_version": __version__, "model": coupling.model.to_dict(),
            "energies_eV": e.tolist(),
+           "screening_lambda": (float(coupling.params["screening"])
+                                if "screening" in coupling.params else None),
            "units": {"energy": "eV", "length": "Angstrom"}}
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -701,7 +753,31 @@ def load_coupling(path: str | os.PathLike) -> Coupling:
     if e.shape != want or not np.all(np.isfinite(e)):
         raise ModelError(f"{path}: energies_eV must be finite with shape {want}, got "
                          f"{e.shape}")
-    return Coupling(model, {"energies": jnp.asarray(e)})
+    params = {"energies": jnp.asarray(e)}
+    if model.screening_pairs:
+        lam = doc.get("screening_lambda")
+        if not isinstance(lam, (int, float)) or not np.isfinite(lam):
+            raise ModelError(f"{path}: screening_pairs given but screening_lambda is "
+                             f"{lam!r}, not a finite number")
+        params["screening"] = jnp.asarray(lam, jnp.float32)
+    return Coupling(model, params)
+
+
+def coulomb_pairs(charges: Sequence[float], exceptions: dict | None = None,
+                  ) -> list[tuple[int, int, float]]:
+    """Screening pairs (i, j, q_i q_j) in e² from per-atom ``charges`` (e, region order):
+    every pair, except that ``exceptions`` ``{(i, j): q_i q_j}`` replaces a pair's product
+    (0 for excluded 1-2/1-3 pairs, the scaled product for 1-4 pairs, as a force field
+    defines them); pairs with a zero product are left out."""
+    q = np.asarray(charges, np.float64)
+    table = {(min(a, b), max(a, b)): float(v) for (a, b), v in (exceptions or {}).items()}
+    out = []
+    for i in range(len(q)):
+        for j in range(i + 1, len(q)):
+            v = table.get((i, j), q[i] * q[j])
+            if v != 0.0:
+                out.append((i, j, v))
+    return out
 
 
 # ====================================================================== the potential
@@ -909,6 +985,7 @@ class HybridPotential:
             first = np.array([g[0] for g in rm.groups], np.int32)
         if self.coupling is not None:
             cm = self.coupling.model
+            cm.check_region_size(nr)
             elem = jnp.asarray(cm.element_index(s.region_numbers))
             btype = jnp.asarray(cm.bead_index(s.bead_numbers))
 
@@ -977,7 +1054,8 @@ class HybridPotential:
                 r2 = jnp.where(cross, jnp.sum(d * d, -1), 0.0)
                 e = self.coupling.model.pair_energy(p["coupling"], r2, elem[atom],
                                                     btype[bead])
-                out["coupling"] = jnp.sum(jnp.where(cross, e, 0.0))
+                out["coupling"] = jnp.sum(jnp.where(cross, e, 0.0)) + cm.screening_energy(
+                    p["coupling"], x, lambda u, w: displacement_fn(u, w, **kw))
             else:
                 out["coupling"] = zero
             return out
