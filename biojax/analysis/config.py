@@ -125,9 +125,16 @@ class FESConfig:
     """Free-energy surface on one or two features (raw feature names, a unique prefix
     such as "phi", or "pc1"/"tic2" for reduced coordinates). Angles are shown in
     ``angle_unit``; the plot's colour bar in ``energy_unit`` (kJ/mol, kcal/mol or kT).
-    ``regions`` report populations and free energies of named basins."""
+    ``regions`` report populations and free energies of named basins.
+    ``log_weights``: per-frame log weights for biased runs, read from the
+    ``observables.csv`` next to each trajectory (rows at the frames' steps): "auto" uses
+    the column ``bias_logw`` when every trajectory's observables have it (written by
+    ``[[bias]]`` runs, ``biojax.sampling``), "none" never weights, any other value names
+    the column (an error if absent). Weights w ∝ exp(log w) then enter the surface and
+    the region populations (state populations and the MSM stay unweighted)."""
 
     features: tuple[str, ...] = ()
+    log_weights: str = "auto"
     bins: int = 60
     temperature: float = 300.0
     n_blocks: int = 10

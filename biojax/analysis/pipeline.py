@@ -324,6 +324,9 @@ def _pipeline(cfg: AnalyzeConfig, out_dir: str, paths: list[str], stage) -> dict
         check_finite_features(table, t.source, tc.stride)
         trajs.append(t), tables.append(table)
     lengths = [t.n_frames for t in trajs]
+    # per-frame log weights of biased runs (before any work, so a bad column fails fast)
+    log_w = frame_log_weights(paths, lengths, tc.stride, cfg.fes.log_weights)
+    weights = None if log_w is None else np.exp(log_w[0] - np.max(log_w[0]))
     table = FeatureTable(np.concatenate([t.values for t in tables]), tables[0].names,
                          tables[0].periodic, tables[0].units)
     x = encode(table, cfg.encode_angles)
@@ -403,17 +406,22 @@ def _pipeline(cfg: AnalyzeConfig, out_dir: str, paths: list[str], stage) -> dict
     ranges = [(-math.pi * to_unit, math.pi * to_unit) if p else
               (float(fv[:, d].min()), float(fv[:, d].max())) for d, p in enumerate(fper)]
     surface = fes.free_energy_surface(fv, fc.bins, ranges, fc.temperature, fc.n_blocks,
-                                      fc.n_bootstrap, cc.seed, cols)
+                                      fc.n_bootstrap, cc.seed, cols, weights=weights)
     centres_fes = _state_centres(fv, fper, labels, n_states, to_unit)
     regions = []
     if fc.regions:  # one state trajectory: region index, or len(regions) for "elsewhere"
         region_of = np.full(n, len(fc.regions), np.int64)
         for r, reg in reversed(list(enumerate(fc.regions))):
             region_of[_region_mask(fv, reg.boxes)] = r
-        rp = msm.populations(decomposition.split_frames(region_of, lengths),
-                             len(fc.regions) + 1, fc.n_blocks, fc.n_bootstrap, cc.seed)
-        regions = [{"name": reg.name, "population": float(rp.populations[r]),
-                    "population_error": float(rp.errors[r])}
+        if weights is None:
+            rp = msm.populations(decomposition.split_frames(region_of, lengths),
+                                 len(fc.regions) + 1, fc.n_blocks, fc.n_bootstrap, cc.seed)
+            r_pop, r_err = rp.populations, rp.errors
+        else:
+            r_pop, r_err = weighted_populations(region_of, weights, len(fc.regions) + 1,
+                                                fc.n_blocks)
+        regions = [{"name": reg.name, "population": float(r_pop[r]),
+                    "population_error": float(r_err[r])}
                    for r, reg in enumerate(fc.regions)]
     if regions:
         p = np.array([r["population"] for r in regions])
@@ -502,6 +510,10 @@ def _pipeline(cfg: AnalyzeConfig, out_dir: str, paths: list[str], stage) -> dict
                                if msm_out else None)} for s in range(n_states)],
         "regions": regions,
         "msm": msm_summary,
+        "weights": None if log_w is None else {
+            "column": log_w[1], "effective_samples": float(weights.sum() ** 2
+                                                           / np.sum(weights ** 2)),
+            "applies_to": ["fes", "regions"]},
         "fes": {"features": cols, "units": funits, "bins": fc.bins,
                 "temperature_K": fc.temperature, "angle_unit": fc.angle_unit,
                 "ranges": ranges},
@@ -511,6 +523,73 @@ def _pipeline(cfg: AnalyzeConfig, out_dir: str, paths: list[str], stage) -> dict
     }
     atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
     return summary
+
+
+def frame_log_weights(paths: list[str], lengths: list[int], stride: int, column: str
+                      ) -> tuple[np.ndarray, str] | None:
+    """Per-frame log weights of the (strided) frames of ``paths`` from the
+    ``observables.csv`` next to each trajectory, or None (``column`` "none", or "auto"
+    with no ``bias_logw`` column everywhere). Frames are matched to rows by step: a run
+    writes a frame every M steps from step 0 and a row every K steps (M a multiple of
+    K), so the rows at steps 0, M, 2M, ... are the frames' rows."""
+    if column == "none":
+        return None
+    name = "bias_logw" if column == "auto" else column
+    found = []
+    for p, n in zip(paths, lengths):
+        obs = os.path.join(os.path.dirname(os.path.abspath(p)), "observables.csv")
+        header = []
+        if os.path.isfile(obs):
+            with open(obs) as fh:
+                header = fh.readline().strip().split(",")
+        if name not in header or "step" not in header:
+            if column == "auto":
+                return None
+            raise ConfigError(f"fes.log_weights = {column!r}: {obs} "
+                              f"{'has no column ' + repr(name) if header else 'not found'}"
+                              f"{' (columns: ' + ', '.join(header) + ')' if header else ''}")
+        found.append((obs, header, n))
+    out = []
+    for obs, header, n in found:
+        table = np.loadtxt(obs, delimiter=",", skiprows=1, ndmin=2)
+        steps, lw = table[:, header.index("step")], table[:, header.index(name)]
+        # frames in the file: n strided frames come from (n-1)*stride+1 .. n*stride
+        # frames; the frame interval M is the last frame's step / (frames - 1)
+        candidates = range((n - 1) * stride + 1, n * stride + 1)
+        picked = None
+        for n_frames in candidates:
+            if n_frames < 2:
+                continue
+            last = steps[-1]
+            M = last / (n_frames - 1)
+            if M != int(M):
+                continue
+            rows = np.flatnonzero(np.mod(steps, int(M)) == 0)
+            if rows.size == n_frames:
+                picked = rows[::stride]
+                break
+        if picked is None or picked.size != n:
+            raise AnalysisError(f"{obs}: cannot match its rows (steps {int(steps[0])}.."
+                                f"{int(steps[-1])}) to the {n} analysed frames of the "
+                                "trajectory next to it; was the run completed or resumed "
+                                "to the same step?")
+        out.append(lw[picked])
+    return np.concatenate(out), name
+
+
+def weighted_populations(labels: np.ndarray, weights: np.ndarray, n: int, n_blocks: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted populations of ``n`` labels and their block standard errors (the frames
+    cut into ``n_blocks`` contiguous blocks; std of the block populations / √blocks)."""
+    pops = np.bincount(labels, weights=weights, minlength=n) / weights.sum()
+    blocks = []
+    for idx in np.array_split(np.arange(labels.size), max(2, n_blocks)):
+        w = weights[idx]
+        if w.sum() > 0:
+            blocks.append(np.bincount(labels[idx], weights=w, minlength=n) / w.sum())
+    err = (np.std(blocks, axis=0, ddof=1) / np.sqrt(len(blocks)) if len(blocks) > 1
+           else np.full(n, np.nan))
+    return pops, err
 
 
 def _atomic_savez(path: str, **arrays) -> None:

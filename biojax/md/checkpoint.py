@@ -31,7 +31,7 @@ RESUME_KEYS = ("ensemble", "timestep_fs", "temperature_K", "pressure_bar", "repl
                "seed", "chunk_steps", "observe_every", "frame_every", "trajectory_format",
                "observables_format", "friction_per_ps", "thermostat_tau_fs",
                "barostat_tau_fs", "chain_length", "hydrogen_mass", "energy_terms",
-               "observables")
+               "observables", "replica_exchange")
 
 
 @dataclasses.dataclass
@@ -78,9 +78,11 @@ def model_identity(potential) -> dict:
 
 
 def save(path: str, run: RunState, config, n_atoms: int, files: list[dict],
-         columns: list[str] | None = None, model: dict | None = None) -> None:
-    """Write ``run``, the output files' sizes, the observables' columns and the model's
-    identity (:func:`model_identity`) to ``path`` atomically (.npz)."""
+         columns: list[str] | None = None, model: dict | None = None,
+         hooks: list | None = None) -> None:
+    """Write ``run``, the output files' sizes, the observables' columns, the model's
+    identity (:func:`model_identity`) and the host hooks' states (JSON dicts, e.g. the
+    replica-exchange state) to ``path`` atomically (.npz)."""
     leaves = jax.device_get(jax.tree_util.tree_leaves((run.state, run.term_states)))
     leaves += [np.asarray(run.nbrs.idx), np.asarray(run.nbrs.reference_position)]
     meta = {"step": run.step, "n_leaves": len(leaves),
@@ -88,7 +90,7 @@ def save(path: str, run: RunState, config, n_atoms: int, files: list[dict],
             "e0": None if run.e0 is None else [float(e) for e in run.e0],
             "started": bool(run.started),
             "n_atoms": n_atoms, "config": to_dict(config), "files": files,
-            "columns": columns, "model": model}
+            "columns": columns, "model": model, "hooks": hooks or []}
     buf = io.BytesIO()
     arrays = {f"leaf_{i:04d}": np.asarray(x) for i, x in enumerate(leaves)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)

@@ -69,6 +69,64 @@ class MultiscaleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicaExchangeConfig:
+    """Replica exchange (``[replica_exchange]``, run by ``biojax.sampling.exchange``): a
+    ladder of rungs, each a temperature (K) and optionally a scale of the energy terms
+    (Hamiltonian exchange over bias strengths). ``temperatures`` (increasing), or
+    ``t_min``/``t_max``/``n`` for a geometric ladder; without either every rung is at
+    the simulate ``temperature_K``. ``scales``: one factor per rung multiplying every
+    energy term (the bias), e.g. [1.0, 0.5, 0.0]. Exchanges between neighbouring rungs
+    are attempted every ``every`` steps (a multiple of chunk_steps), alternating even
+    and odd pairs; ``seed`` seeds the acceptance draws. ``replicas`` must be a multiple
+    of the number of rungs (independent ladders of consecutive replicas)."""
+
+    temperatures: tuple[float, ...] = ()
+    t_min: float | None = None
+    t_max: float | None = None
+    n: int | None = None
+    scales: tuple[float, ...] = ()
+    every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        geometric = (self.t_min, self.t_max, self.n)
+        if self.temperatures and any(x is not None for x in geometric):
+            raise ValueError("give either temperatures or t_min/t_max/n, not both")
+        if any(x is not None for x in geometric) and any(x is None for x in geometric):
+            raise ValueError("a geometric ladder needs all of t_min, t_max (K) and n")
+        t = self.temperatures
+        if t and (len(t) < 2 or any(not x > 0 for x in t)
+                  or any(b <= a for a, b in zip(t, t[1:]))):
+            raise ValueError(f"temperatures must be at least 2 values > 0 K, strictly "
+                             f"increasing, got {list(t)}")
+        if self.n is not None and (self.n < 2 or not 0 < self.t_min < self.t_max):
+            raise ValueError(f"a geometric ladder needs n >= 2 and 0 < t_min < t_max, got "
+                             f"n = {self.n}, t_min = {self.t_min}, t_max = {self.t_max}")
+        if self.scales and len(self.scales) < 2:
+            raise ValueError(f"scales must list at least 2 rungs, got {list(self.scales)}")
+        if self.scales and (t or self.n) and len(self.scales) != len(self.ladder(1.0)[0]):
+            raise ValueError(f"scales ({len(self.scales)}) and temperatures "
+                             f"({len(self.ladder(1.0)[0])}) must have one entry per rung")
+        if not (t or self.n or self.scales):
+            raise ValueError("give a ladder: temperatures, t_min/t_max/n or scales")
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1 step, got {self.every}")
+
+    def ladder(self, temperature_K: float) -> tuple[list[float], list[float]]:
+        """(temperatures in K, scales) per rung; geometric temperatures
+        t_min·(t_max/t_min)^(k/(n−1)) from t_min/t_max/n."""
+        if self.temperatures:
+            temps = [float(x) for x in self.temperatures]
+        elif self.n is not None:
+            r = self.t_max / self.t_min
+            temps = [float(self.t_min * r ** (k / (self.n - 1))) for k in range(self.n)]
+        else:
+            temps = [float(temperature_K)] * len(self.scales)
+        scales = [float(x) for x in self.scales] if self.scales else [1.0] * len(temps)
+        return temps, scales
+
+
+@dataclasses.dataclass(frozen=True)
 class SimulateConfig:
     """Everything one ``biojax simulate`` run needs. See examples/md/*.toml."""
 
@@ -135,6 +193,8 @@ class SimulateConfig:
     # [[bias]] {name, label?, cv = [...], options}: restraints, walls, metad, opes
     # (biojax.sampling.bias)
     bias: tuple[dict, ...] = ()
+    # replica exchange between chunks (parallel tempering, scaled-bias ladders)
+    replica_exchange: ReplicaExchangeConfig | None = None
     max_timestep_fs: float = 20.0
     out: str = dataclasses.field(default="md_run", metadata={"path": True})  # output folder
     overwrite: bool = False             # replace the results of an earlier run in out
@@ -186,6 +246,19 @@ class SimulateConfig:
         for ok, message in check:
             if not ok:
                 raise ValueError(message)
+        rex = self.replica_exchange
+        if rex is not None:
+            rungs = len(rex.ladder(self.temperature_K)[0])
+            if self.replicas % rungs:
+                raise ValueError(f"replica_exchange: replicas = {self.replicas} is not a "
+                                 f"multiple of the {rungs} rungs of the ladder")
+            if rex.every % self.chunk_steps:
+                raise ValueError(f"replica_exchange.every = {rex.every} must be a multiple "
+                                 f"of chunk_steps = {self.chunk_steps} (exchanges happen "
+                                 "between chunks)")
+            if self.ensemble in ("nve", "npt"):
+                raise ValueError(f"replica_exchange needs a fixed-volume thermostat "
+                                 f"(nvt-langevin or nvt-nose-hoover), not {self.ensemble!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from biojax import parallel
 from biojax.core.atomic import atomic_write_bytes
 from biojax.core.errors import ConfigError, SimulationError
 from biojax.core.progress import progress as progress_bar
-from biojax.core.registry import integrators, resolve
+from biojax.core.registry import import_object, integrators, resolve
 from biojax.core.rundir import RunLock, check_output_dir
 from biojax.core.units import FS, KB
 from biojax.md import checkpoint, engine, output
@@ -67,12 +67,17 @@ class Simulation:
         the jitted step, besides those in ``config.energy_terms``.
       observables: extra observables ``{name: fn(state, **kw)}`` recorded per replica,
         besides those in ``config.observables``.
+      hooks: host-side objects called between chunks (replica exchange is one, built from
+        ``config.replica_exchange``): ``wrap_terms(terms)``, ``setup(sim)``,
+        ``start(sim, run)``, ``after_chunk(sim, run, out)``, ``columns(r)`` (extra
+        observable columns of replica r), ``state_dict()``/``load_state_dict(d)`` (kept
+        in the checkpoint), ``summary()``, ``progress()``.
     """
 
     def __init__(self, atoms: ase.Atoms | Sequence[ase.Atoms], potential: Potential,
                  config: SimulateConfig, progress: bool = False,
                  integrator: Callable | None = None, energy_terms: Sequence = (),
-                 observables: dict[str, Callable] | None = None):
+                 observables: dict[str, Callable] | None = None, hooks: Sequence = ()):
         frames = [atoms] if isinstance(atoms, ase.Atoms) else list(atoms)
         if not frames:
             raise SimulationError("no starting structure given")
@@ -112,6 +117,11 @@ class Simulation:
         extra = observables_from_config(config.observables, system)
         extra.update(observables or {})
         self.extra_observables = list(extra)
+        self.hooks = list(hooks)
+        if config.replica_exchange is not None:  # biojax.sampling.exchange
+            self.hooks.append(import_object("biojax.sampling.exchange:from_config")(config))
+        for h in self.hooks:
+            self.terms = h.wrap_terms(self.terms)
         self.potential_fn = potential.energy_fn(self.space.displacement_fn, numbers)
         self.energy_fn = total_energy_fn(self.potential_fn, self.terms)
         neighbor_format = config.neighbor_format
@@ -131,6 +141,8 @@ class Simulation:
         # the time step (ASE units) and kT (eV) of each replica, inputs of every chunk
         self.dt = jnp.full((R,), self.units.dt, jnp.float32)
         self.kT = jnp.full((R,), self.units.kT, jnp.float32)
+        for h in self.hooks:
+            h.setup(self)
         self.compiled: set = set()
         self.overflows = 0
         self._chunks: dict = {}
@@ -312,7 +324,10 @@ class Simulation:
                                    **engine.space_kwargs(nbrs, box))
 
         state = self._map(init)(keys, positions, nbrs, term_states, self.kT, momenta, box)
-        return RunState(state, term_states, nbrs, 0, 0.0)
+        run = RunState(state, term_states, nbrs, 0, 0.0)
+        for h in self.hooks:
+            run = h.start(self, run)
+        return run
 
     def _sync_terms(self, term_states):
         """The terms' ``sync`` on the replica-stacked states (multiple walkers merge
@@ -504,11 +519,14 @@ class Simulation:
                 run.step += n_frames * M
                 steps_done += n_frames * M
                 n_chunks += 1
+                for h in self.hooks:
+                    h.after_chunk(self, run, out if write else None)
                 if writers:
                     self._checkpoint(ckpt_path, run, writers)
                 elapsed = time.perf_counter() - t_start
                 bar.set(step=run.step, ns_day=f"{self._ns_per_day(steps_done, elapsed):.3g}",
-                        compilations=len(self.compiled))
+                        compilations=len(self.compiled),
+                        **{k: v for h in self.hooks for k, v in h.progress().items()})
                 bar.update(steps_done)
         finally:
             bar.close()
@@ -527,6 +545,8 @@ class Simulation:
         summary["aggregate_ns_per_day"] = summary["ns_per_day"] * R
         if self.minimization is not None:
             summary["minimization"] = self.minimization
+        for h in self.hooks:
+            summary.update(h.summary())
         if out is not None and write:
             atomic_write_bytes(os.path.join(out, "summary.json"),
                                json.dumps(summary, indent=2).encode())
@@ -571,7 +591,10 @@ class Simulation:
         """Observables of replica r (record j of a chunk, or the single record of obs0)."""
         values = {k: np.asarray(v)[r] if j is None else np.asarray(v)[r, j]
                   for k, v in obs.items()}
-        return {"step": step, "time_fs": step * self.cfg.timestep_fs, **flatten_row(values)}
+        row = {"step": step, "time_fs": step * self.cfg.timestep_fs, **flatten_row(values)}
+        for h in self.hooks:
+            row.update(h.columns(r))
+        return row
 
     def _frame(self, src, obs, r: int, f: int | None, j: int | None, step: int) -> ase.Atoms:
         """Frame of replica r from a state (f None) or from chunk frame arrays."""
@@ -601,7 +624,8 @@ class Simulation:
     def _checkpoint(self, path: str, run: RunState, writers) -> None:
         files = [w.sizes() for w in writers]
         checkpoint.save(path, run, self.cfg, self.n_atoms, files,
-                        columns=writers[0].columns, model=self.model_id)
+                        columns=writers[0].columns, model=self.model_id,
+                        hooks=[h.state_dict() for h in self.hooks])
 
     def _resume(self, path: str) -> tuple[RunState, dict]:
         leaves, meta = checkpoint.load(path)
@@ -617,6 +641,8 @@ class Simulation:
                               exact_capacity=meta["neighbor_capacity"])
         nbrs = nbrs.set(idx=jnp.asarray(idx), reference_position=jnp.asarray(ref))
         meta.setdefault("columns", None)
+        for h, saved in zip(self.hooks, meta.get("hooks") or []):
+            h.load_state_dict(saved)
         run = RunState(state, term_states, nbrs, meta["step"], meta["t0"], meta.get("e0"),
                        meta.get("started", True))
         if run.e0 is None:  # written before the energy check: its reference is now
