@@ -92,12 +92,20 @@ def test_vacuum_labels_are_ff14sb_in_vacuum(frames):
         assert np.sqrt(np.mean((frames["solute_forces"][i] - f) ** 2)) > 0.05
 
 
-def _screening(path=os.path.join(MODELS, "screening.json")):
+def _screening():
+    """(charge products (22, 22) e², λ) of the committed coupling's screening term, or None."""
+    path = os.path.join(MODELS, "coupling.json")
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         doc = json.load(f)
-    return np.asarray(doc["charge_products_e2"]), float(doc["lambda"])
+    pairs = doc["model"].get("screening_pairs") or []
+    if not pairs:
+        return None
+    Q = np.zeros((22, 22))
+    for i, j, q in pairs:
+        Q[i, j] = Q[j, i] = q
+    return Q, float(doc["screening_lambda"])
 
 
 def _coulomb_forces(Q, x, scale=1.0):
@@ -108,18 +116,10 @@ def _coulomb_forces(Q, x, scale=1.0):
     return scale * k_e * np.sum((Q / r ** 3)[..., None] * d, axis=1)
 
 
-def _screening_forces(P):
-    scr = _screening()
-    out = np.zeros(np.shape(P))
-    if scr is not None:
-        out[:22] = _coulomb_forces(scr[0], np.asarray(P, np.float64)[:22], scr[1])
-    return out
-
-
 @pytest.mark.skipif(_screening() is None, reason="no screening term committed")
 def test_screening_term_is_the_solutes_ff14sb_coulomb(frames):
-    """The committed charge products give OpenMM's ff14SB Coulomb forces within the
-    solute (LJ switched off), so the term is λ × the solute's own electrostatics."""
+    """The committed coupling's screening pairs give OpenMM's ff14SB Coulomb forces within
+    the solute (LJ switched off), so the term is λ × the solute's own electrostatics."""
     openmm = pytest.importorskip("openmm")
     import openmm.unit as u
     from openmm import app
@@ -174,7 +174,7 @@ def test_committed_hybrid_models_beat_the_prior_on_held_out_forces(frames):
                           load_coupling(os.path.join(MODELS, "coupling.json")), system)
     energy = pot.energy_fn(orthorhombic_displacement(jnp.asarray(z["box"], jnp.float32)),
                            system.numbers)
-    i = len(z["time_ps"]) - 1            # the last frame (the fit holds out a random 20 %)
+    i = len(z["time_ps"]) - 1            # the last frame: the fit used the first 240 only
     P = jnp.asarray(np.concatenate([z["solute_positions"][i], z["water_positions"][i]]))
     target = np.concatenate([z["solute_forces"][i] - z["solute_vacuum_forces"][i],
                              z["water_forces"][i]])
@@ -188,7 +188,7 @@ def test_committed_hybrid_models_beat_the_prior_on_held_out_forces(frames):
     def solvent_forces(params):
         return np.asarray(_solvent(params), np.float64)
 
-    fitted = solvent_forces(pot.params) + _screening_forces(P)
+    fitted = solvent_forces(pot.params)      # CG water + coupling (screening included)
     zero = jax.tree_util.tree_map(jnp.zeros_like, pot.params)
     zero = {**pot.params, "cg": zero["cg"], "coupling": zero["coupling"]}
     prior = solvent_forces(zero)

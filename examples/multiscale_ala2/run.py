@@ -91,14 +91,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cg-knots", type=int, default=25)
     p.add_argument("--coupling-cutoff", type=float, default=7.0, help="Å")
     p.add_argument("--coupling-knots", type=int, default=20)
-    p.add_argument("--fit-frames", type=int, default=96,
-                   help="fit on the first N force frames (0: all); the committed models "
-                        "used 96 (the first 480 ps)")
+    p.add_argument("--fit-frames", type=int, default=240,
+                   help="fit on the first N force frames (0: all); the last ones stay "
+                        "held out entirely (the tests check the committed models on them)")
     p.add_argument("--fit-valid", type=float, default=0.2, help="held-out fraction of frames")
     p.add_argument("--screening", type=int, default=1,
-                   help="1: fit (fit stage) and use (MD stages) the solvent-screening term of "
-                        "the solute's internal electrostatics; 0: pair coupling only")
-    p.add_argument("--screening-rounds", type=int, default=2)
+                   help="1: the coupling includes the solvent-screening term of the solute's "
+                        "internal electrostatics (fit stage); 0: pair coupling only")
     p.add_argument("--ridge", type=float, default=1e-4,
                    help="ridge of the least-squares fit (× the mean diagonal)")
     # speed
@@ -172,19 +171,6 @@ def load_models(args, d: dict):
     return HybridPotential(fg, cg, coupling, system)
 
 
-def load_screening(args):
-    """``(charge products (22, 22) e², λ)`` of the committed solvent-screening term, or None."""
-    path = os.path.join(args.models, "screening.json")
-    if not args.screening or not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        doc = json.load(f)
-    return np.asarray(doc["charge_products_e2"], np.float64), float(doc["lambda"])
-
-
-COULOMB_EV_A = 14.399645   # e²/(4π ε0) in eV·Å
-
-
 def solute_charge_products() -> np.ndarray:
     """(22, 22) Coulomb charge products (e²) of ff14SB alanine dipeptide as OpenMM builds
     them: q_i q_j, zero for bonded 1-2 and 1-3 pairs, the scaled 1-4 products of its
@@ -204,54 +190,6 @@ def solute_charge_products() -> np.ndarray:
         Q[a, b] = Q[b, a] = qq.value_in_unit(openmm.unit.elementary_charge ** 2)
     np.fill_diagonal(Q, 0.0)
     return Q
-
-
-def screening_energy_fn(Q: np.ndarray, lam: float, box=None):
-    """``energy(P, **kw)`` (eV) = λ · Σ_{i<j} k_e Q_ij / r_ij over the 22 solute atoms (the
-    first particles), minimum image in an orthorhombic ``box`` (Å) or free space: the
-    solvent's mean screening of the solute's own electrostatics, λ fitted by force
-    matching (λ = −1 would switch the solute's internal Coulomb off)."""
-    import jax.numpy as jnp
-
-    i, j = np.triu_indices(len(Q), 1)
-    keep = Q[i, j] != 0
-    i, j, qq = i[keep], j[keep], Q[i, j][keep]
-    L = None if box is None else jnp.asarray(box, jnp.float32)
-    qq = jnp.asarray(qq * COULOMB_EV_A * lam, jnp.float32)
-
-    def energy(P, **kw):
-        d = P[i] - P[j]
-        if L is not None:
-            d = d - L * jnp.round(d / L)
-        return jnp.sum(qq / jnp.sqrt(jnp.sum(d * d, -1)))
-
-    return energy
-
-
-def screening_forces(Q: np.ndarray, solute_positions: np.ndarray) -> np.ndarray:
-    """Forces (F, 22, 3) eV/Å of the unscaled term (λ = 1) on solute frames (F, 22, 3) Å."""
-    import jax
-
-    e = screening_energy_fn(Q, 1.0)
-    f = jax.jit(jax.vmap(jax.grad(lambda x: -e(x))))
-    return np.asarray(f(np.asarray(solute_positions, np.float32)), np.float64)
-
-
-def hybrid_solvent_forces(pot, P: np.ndarray, box) -> np.ndarray:
-    """Forces (F, 22, 3) eV/Å of the CG water + coupling on the solute atoms (the FG
-    model's own forces taken out), all pairs, batched."""
-    import jax
-    import jax.numpy as jnp
-
-    from biojax.md.system import orthorhombic_displacement
-
-    disp = orthorhombic_displacement(jnp.asarray(box, jnp.float32))
-    solvent = pot.replace(fg=pot.fg)          # same sub-models
-    e_all = solvent.energy_fn(disp, pot.system.numbers)
-    e_fg = pot.replace(cg=None, coupling=None).energy_fn(disp, pot.system.numbers)
-    f = jax.jit(jax.vmap(lambda R: -jax.grad(lambda x: e_all(x) - e_fg(x))(R)[:22]))
-    out = [np.asarray(f(jnp.asarray(P[k:k + 4], jnp.float32))) for k in range(0, len(P), 4)]
-    return np.concatenate(out).astype(np.float64)
 
 
 # ============================================================================ fit
@@ -286,44 +224,28 @@ def stage_fit(args) -> dict:
     elements = sorted(set(system.region_numbers))
     closest = closest_approach(P, box, np.asarray(system.region_numbers), elements)
     sigma = [0.95 * closest[z] for z in elements]
+    # the solvent's screening of the solute's own Coulomb pairs (ff14SB charge products,
+    # 1-2/1-3 excluded, 1-4 scaled), one λ fitted with the splines (all linear)
+    pairs = None
+    if args.screening:
+        Q = solute_charge_products()
+        i, j = np.triu_indices(len(Q), 1)
+        keep = Q[i, j] != 0
+        pairs = list(zip(i[keep].tolist(), j[keep].tolist(), Q[i, j][keep].tolist()))
     coupling = Coupling.create(elements, [WATER_BEAD], cutoff=args.coupling_cutoff,
-                               n_knots=args.coupling_knots, r_min=1.5, prior_sigma=sigma)
+                               n_knots=args.coupling_knots, r_min=1.5, prior_sigma=sigma,
+                               screening_pairs=pairs)
     fg = load_potential(args.fg_model)
     pot = HybridPotential(fg, cg, coupling, system)
     t0 = time.time()
     fvac = np.asarray(d["solute_vacuum_forces"], np.float64)
     res = fit_coupling(pot, P, T, box=box, fit=("coupling", "cg"), fg_forces=fvac,
                        n_valid=args.fit_valid, seed=args.seed, ridge=args.ridge)
-    screening = None
-    if args.screening:
-        # alternate: λ of the screening term on what the coupling leaves of the solvent
-        # force on the solute, then the coupling again with that term taken out
-        Q = solute_charge_products()
-        G = screening_forces(Q, d["solute_positions"])
-        R = np.asarray(d["solute_forces"], np.float64) - fvac
-        history = []
-        lam = 0.0
-        for it in range(args.screening_rounds):
-            C = hybrid_solvent_forces(res.potential, P, box)
-            lam = float(np.sum(G * (R - C)) / np.sum(G * G))
-            rms = float(np.sqrt(np.mean((R - C - lam * G) ** 2)))
-            history.append({"round": it, "lambda": lam, "solute_rmse_all_frames": rms,
-                            "solute_rmse_without_screening": float(np.sqrt(np.mean((R - C) ** 2)))})
-            log(f"fit: screening round {it}: λ = {lam:.3f}, solute force RMSE "
-                f"{history[-1]['solute_rmse_without_screening']:.4f} → {rms:.4f} eV/Å")
-            res = fit_coupling(pot, P, T, box=box, fit=("coupling", "cg"),
-                               fg_forces=fvac + lam * G, n_valid=args.fit_valid,
-                               seed=args.seed, ridge=args.ridge)
-        C = hybrid_solvent_forces(res.potential, P, box)
-        history.append({"final": True, "lambda": lam, "solute_rmse_all_frames":
-                        float(np.sqrt(np.mean((R - C - lam * G) ** 2)))})
-        screening = {"lambda": lam, "charge_products_e2": Q.tolist(), "rounds": history,
-                     "what": "E = λ Σ_{i<j} 14.399645 Q_ij / r_ij (eV, Å) over the 22 solute "
-                             "atoms; Q: ff14SB charge products (1-2/1-3 excluded, 1-4 scaled)"}
     m = res.metrics
     m["wall_s"] = time.time() - t0
-    if screening is not None:
-        m["screening"] = {k: v for k, v in screening.items() if k != "charge_products_e2"}
+    if pairs:
+        m["screening_lambda"] = float(res.coupling.params["screening"])
+        m["screening_pairs"] = len(pairs)
     # reference points: the spread of the targets themselves (a zero model's error)
     Tr = T.copy()
     Tr[:, :system.n_region] -= d["solute_vacuum_forces"]
@@ -341,11 +263,6 @@ def stage_fit(args) -> dict:
     os.makedirs(args.models, exist_ok=True)
     save_cg_potential(res.cg, os.path.join(args.models, "cg_water"))
     save_coupling(res.coupling, os.path.join(args.models, "coupling.json"))
-    spath = os.path.join(args.models, "screening.json")
-    if screening is not None:
-        atomic_write_text(spath, json.dumps(screening, indent=1))
-    elif os.path.isfile(spath):
-        os.remove(spath)
     atomic_write_text(os.path.join(args.results, "fit.json"), json.dumps(m, indent=1))
     log(f"fit done in {m['wall_s']:.0f} s: force RMSE (eV/Å) valid solute "
         f"{m['after']['valid']['region']:.4f} (prior only {m['before']['valid']['region']:.4f}), "
@@ -491,14 +408,12 @@ def stage_md(args, which: str) -> dict:
     out = args.out or os.path.join(args.work, which)
     os.makedirs(out, exist_ok=True)
     starts, idx = start_atoms(d, args.replicas, which == "hybrid")
-    terms = []
     if which == "hybrid":
         pot = load_models(args, d)
         obs = dihedral_observables(d["box"])
-        scr = load_screening(args)
-        if scr is not None:
-            terms.append(screening_energy_fn(scr[0], scr[1], d["box"]))
-            log(f"hybrid: with the solvent-screening term, λ = {scr[1]:.3f}")
+        lam = pot.coupling.params.get("screening")
+        if lam is not None:
+            log(f"hybrid: the coupling screens the solute's Coulomb pairs, λ = {float(lam):.3f}")
     else:
         pot = load_potential(args.fg_model)
         obs = dihedral_observables(None)
@@ -531,7 +446,7 @@ def stage_md(args, which: str) -> dict:
         log(f"{which}: {args.replicas} replicas × {args.steps} steps of {args.timestep_fs} fs "
             f"({len(starts[0])} particles), segment {seg}, "
             f"{'resuming' if resume else 'new run'} in {seg_out}")
-        sim = Simulation(starts, pot, cfg, progress=True, observables=obs, energy_terms=terms)
+        sim = Simulation(starts, pot, cfg, progress=True, observables=obs)
         try:
             summary = sim.run(seg_out, resume=resume)
             break
@@ -543,7 +458,8 @@ def stage_md(args, which: str) -> dict:
                 raise
     summary["segments"] = seg + 1
     summary["blowups"] = events
-    summary["screening_lambda"] = None if not terms else load_screening(args)[1]
+    lam = pot.coupling.params.get("screening") if which == "hybrid" else None
+    summary["screening_lambda"] = None if lam is None else float(lam)
     summary["start_frames"] = idx.tolist()
     summary["load_average"] = os.getloadavg()
     with open(os.path.join(out, "run_info.json"), "w") as f:
@@ -656,9 +572,7 @@ def hybrid_speed(args, d: dict, replicas: int) -> dict:
     cfg = sim_config(args, replicas, 2 * chunk + chunk, True)
     cfg = dataclasses.replace(cfg, chunk_steps=chunk, frame_every=chunk,
                               observe_every=min(args.observe_every, chunk))
-    scr = load_screening(args)
-    terms = [] if scr is None else [screening_energy_fn(scr[0], scr[1], d["box"])]
-    sim = Simulation(starts, pot, cfg, progress=False, energy_terms=terms,
+    sim = Simulation(starts, pot, cfg, progress=False,
                      observables=dihedral_observables(d["box"]))
     load0 = os.getloadavg()
     s = sim.run(None)
