@@ -21,6 +21,9 @@ class BiojaxCalculator(Calculator):
     ASE compiles again only when the number of edges grows past every size seen so far."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    #: extra results of an ensemble potential (biojax.nn.ensemble): ``energy_std`` (eV),
+    #: ``forces_std`` (N,) per-atom force std (eV/Å), ``forces_std_max``/``_mean`` (eV/Å)
+    ensemble_properties = ["energy_std", "forces_std", "forces_std_max", "forces_std_mean"]
 
     def __init__(self, potential: Potential, **kwargs):
         super().__init__(**kwargs)
@@ -32,6 +35,10 @@ class BiojaxCalculator(Calculator):
             lambda params, batch, compute_stress: graph_energy_forces_stress(
                 potential, params, batch, compute_stress), static_argnums=2)
         self._padded = (0, 0)  # largest (atoms, edges) padding so far
+        from biojax.nn.ensemble import batch_spread, is_ensemble
+
+        self._spread = (jax.jit(lambda params, batch: batch_spread(potential, params, batch))
+                        if is_ensemble(potential) else None)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -51,3 +58,10 @@ class BiojaxCalculator(Calculator):
         self.results["forces"] = np.asarray(forces[:structure.n_atoms], dtype=np.float64)
         if compute_stress:
             self.results["stress"] = _voigt(np.asarray(stress[0], dtype=np.float64))
+        if self._spread is not None:
+            spread = jax.device_get(self._spread(self.potential.params, batch))
+            self.results["energy_std"] = float(spread["energy_std"][0])
+            self.results["forces_std"] = np.asarray(spread["force_std"][:structure.n_atoms],
+                                                    np.float64)
+            self.results["forces_std_max"] = float(spread["force_std_max"][0])
+            self.results["forces_std_mean"] = float(spread["force_std_mean"][0])

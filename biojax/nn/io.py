@@ -5,7 +5,9 @@ Layout (format version 2)::
     MODEL_DIR/potential.json   architecture (model name or import path "module:Name" and
                                its hyperparameters), cutoff, elements, scale, shifts,
                                reference energies, units, dtype, biojax version,
-                               format_version
+                               format_version; ensembles add ``ensemble``
+                               {kind: "full" | "shallow", members: K} (a full
+                               ensemble's parameters carry a leading member axis)
     MODEL_DIR/params.msgpack   the parameter pytree (flax msgpack of numpy arrays)
 
 The loader accepts every format version up to its own and fills defaults for keys added
@@ -57,6 +59,9 @@ def save_potential(potential: Potential, directory: str | os.PathLike,
         "params_file": _PARAMS_FILE,
         **(extra or {}),
     }
+    describe = getattr(potential.model, "describe", None)  # ensembles (biojax.nn.ensemble)
+    if callable(describe):
+        meta["ensemble"] = describe()
     params = jax.tree_util.tree_map(np.asarray, potential.params)
     with atomic_dir(directory, prefix=".model-tmp-") as tmp:
         with open(os.path.join(tmp, _PARAMS_FILE), "wb") as f:
@@ -168,8 +173,15 @@ def load_potential(directory: str | os.PathLike) -> Potential:
         raise ModelError(f"{params_path}: cannot be read ({exc})") from None
     try:
         model = build_model(architecture, len(elements), cutoff)
+        ensemble = meta.get("ensemble")
+        if ensemble and ensemble.get("kind") == "full":  # K members, stacked parameters
+            from biojax.nn.ensemble import EnsembleModel
+
+            model = EnsembleModel(model, int(ensemble["members"]), "full")
     except ConfigError as exc:
         raise ModelError(f"{meta_path}: the recorded model cannot be built: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: malformed field ensemble ({exc})") from None
     params = jax.tree_util.tree_map(np.asarray, params)  # keep the stored precision
     check_params(model, params, len(elements), directory)
     return Potential(model=model, params=params, cutoff=cutoff, elements=elements,

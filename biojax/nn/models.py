@@ -99,6 +99,7 @@ class SchNet(nn.Module):
     n_basis: int = 32
     basis: str = "gaussian"
     envelope: str = "cosine"
+    heads: int = 1  # > 1: a shallow ensemble, K readout heads (biojax.nn.ensemble)
 
     @nn.compact
     def __call__(self, graph: Graph):
@@ -117,7 +118,8 @@ class SchNet(nn.Module):
             v = nn.Dense(self.features, name=f"update_{t}")(shifted_softplus(v))
             h = h + v
         out = nn.Dense(self.features // 2, name="readout_0")(h)
-        return nn.Dense(1, name="readout_1")(shifted_softplus(out))[:, 0]
+        out = nn.Dense(self.heads, name="readout_1")(shifted_softplus(out))
+        return out[:, 0] if self.heads == 1 else out
 
 
 # ---------------------------------------------------------------- PaiNN
@@ -138,6 +140,7 @@ class PaiNN(nn.Module):
     basis: str = "bessel"
     envelope: str = "cosine"
     chiral: bool = False
+    heads: int = 1  # > 1: a shallow ensemble, K readout heads (biojax.nn.ensemble)
 
     @nn.compact
     def __call__(self, graph: Graph):
@@ -173,7 +176,8 @@ class PaiNN(nn.Module):
             triple = jnp.sum(a * jnp.cross(b, c, axisa=1, axisb=1, axisc=1), axis=1)
             s = jnp.concatenate([s, triple], -1)
         out = nn.Dense(F // 2, name="readout_0")(s)
-        return nn.Dense(1, name="readout_1")(jax.nn.silu(out))[:, 0]
+        out = nn.Dense(self.heads, name="readout_1")(jax.nn.silu(out))
+        return out[:, 0] if self.heads == 1 else out
 
 
 def model_keys(factory) -> list[str] | None:
@@ -209,10 +213,17 @@ def build_model(architecture: dict, num_species: int, cutoff: float):
         raise ConfigError(f"[model] basis {arch['basis']!r}; valid: {', '.join(_BASES)}")
     if factory in (SchNet, PaiNN) and arch.get("envelope", "cosine") not in _ENVELOPES:
         raise ConfigError(f"[model] envelope {arch['envelope']!r}; valid: {', '.join(_ENVELOPES)}")
+    if int(arch.get("heads", 1)) < 1:
+        raise ConfigError(f"[model] heads must be >= 1 (readout heads), got {arch['heads']}")
     try:
-        return factory(num_species=num_species, cutoff=float(cutoff), **arch)
+        model = factory(num_species=num_species, cutoff=float(cutoff), **arch)
     except TypeError as exc:
         raise ConfigError(f"[model] {name}: {exc}") from None
+    if factory in (SchNet, PaiNN) and model.heads > 1:  # a shallow ensemble
+        from biojax.nn.ensemble import EnsembleModel
+
+        return EnsembleModel(model, model.heads, "shallow")
+    return model
 
 
 def resolve_names() -> list[str]:

@@ -123,6 +123,23 @@ class Potential:
     def replace(self, **changes) -> "Potential":
         return dataclasses.replace(self, **changes)
 
+    # ---------------------------------------------------------------- ensembles
+    @property
+    def members(self) -> int:
+        """Number of ensemble members K (1 for a single model; biojax.nn.ensemble)."""
+        from biojax.nn.ensemble import members
+
+        return members(self)
+
+    def spread_fn(self, displacement_fn: Callable, numbers: Sequence[int]) -> Callable:
+        """An ensemble's ``spread(positions, neighbor, **kw)``: energy std (eV) and
+        per-atom force std (eV/Å) with its max and mean over atoms (see
+        ``biojax.nn.ensemble.spread_fn``); the energy and forces of ``energy_fn`` are the
+        members' means. ModelError for a single model."""
+        from biojax.nn.ensemble import spread_fn
+
+        return spread_fn(self, displacement_fn, numbers)
+
 
 def graph_energy_forces_stress(potential: Potential, params, batch,
                                compute_stress: bool = False) -> dict:

@@ -69,9 +69,13 @@ class TrainingConfig:
     # or "all" devices (every process's, see biojax.parallel), gradients summed across
     # them; batch_size must be a multiple of the device count
     devices: int | Literal["all"] = 1
+    # > 1: a full ensemble of this many members (seeds seed, seed + 1, ...) trained in one
+    # vmapped program and saved as one model (biojax.nn.ensemble); a shallow ensemble is
+    # [model] heads = K instead
+    ensemble: int = 1
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "plateau_patience"):
+        for name in ("epochs", "batch_size", "plateau_patience", "ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1")
         if self.learning_rate <= 0:

@@ -36,6 +36,7 @@ from biojax.core.rundir import RunLock
 from biojax.data.graphs import GraphBatch, GraphDataset, batch_graphs, bucket_size
 from biojax.data.io import (Structure, elements_of, read_dataset, reference_energies_for,
                             require_labels, split_indices)
+from biojax.nn.ensemble import init_ensemble, member_potential
 from biojax.nn.io import save_potential
 from biojax.nn.models import init_potential
 from biojax.nn.potential import Potential
@@ -93,7 +94,18 @@ def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float,
     whole batch's, as on one device) and the gradient of that sum comes out summed
     across devices; parameters and optimiser state are replicated."""
 
+    kind = getattr(potential.model, "kind", None)  # ensembles (biojax.nn.ensemble)
+    if kind is not None and mesh is not None:
+        raise ConfigError("ensembles train on one device: set [training] devices = 1")
+    if kind == "full":  # every member its own step (optimiser state, clipping, EMA), vmapped
+        single = make_train_step(member_potential(potential), tx, loss, ema_decay)
+        return jax.jit(jax.vmap(single, in_axes=(0, None, None)))
+
     def loss_fn(params, batch):
+        if kind == "shallow":  # each head fits the data: the mean of the heads' losses
+            return jnp.mean(jax.vmap(lambda k: loss.value(predict(
+                member_potential(potential, k), params, batch, loss.needs_stress), batch))(
+                    jnp.arange(potential.model.size)))
         if mesh is None:
             return loss.value(predict(potential, params, batch, loss.needs_stress), batch)
         parts = loss.parts(predict(potential, params, batch, loss.needs_stress), batch)
@@ -118,6 +130,22 @@ def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float,
         return jax.jit(step)
     return parallel.sharded(step, mesh, DATA_AXIS, out_split=False,
                             in_split=(False, True, False))
+
+
+def init_train_state(potential: Potential, tx) -> TrainState:
+    """The state at step 0 (EMA = parameters); a full ensemble's has a leading member
+    axis on every leaf, step included (one optimiser per member)."""
+    def init(params):
+        return TrainState(params, tx.init(params), params, jnp.zeros((), jnp.int32))
+
+    if getattr(potential.model, "kind", None) == "full":
+        return jax.vmap(init)(potential.params)
+    return init(potential.params)
+
+
+def _step_of(state: TrainState) -> int:
+    """The optimiser step count (every member of an ensemble has the same)."""
+    return int(np.asarray(state.step).reshape(-1)[0])
 
 
 def device_batches(dataset: GraphDataset, batch_size: int, order, n_devices: int):
@@ -516,9 +544,14 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
     scale, shifts = per_species_scale_shift(splits["train"], base.species_of,
                                             base.reference_energy, len(elements))
     architecture = dict(config.architecture)
-    potential = init_potential(architecture, elements, config.cutoff, reference,
-                               key=jax.random.PRNGKey(t.seed), dtype=dtype, scale=scale,
-                               shifts=shifts)
+    if t.ensemble > 1:  # K members, seeds seed .. seed + K - 1, trained side by side
+        potential = init_ensemble(architecture, elements, config.cutoff, reference,
+                                  [t.seed + k for k in range(t.ensemble)], dtype=dtype,
+                                  scale=scale, shifts=shifts)
+    else:
+        potential = init_potential(architecture, elements, config.cutoff, reference,
+                                   key=jax.random.PRNGKey(t.seed), dtype=dtype, scale=scale,
+                                   shifts=shifts)
     datasets = {name: GraphDataset(s, config.cutoff, potential.species_of,
                                    potential.reference_energy, dtype, labels=loss.labels)
                 for name, s in splits.items()}
@@ -528,8 +561,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
     n_devices = 1 if mesh is None else mesh.size
     parallel.check_divisible(batch_size, mesh, "batch_size", "[training] devices")
     tx = make_optimizer(t)
-    state = TrainState(potential.params, tx.init(potential.params), potential.params,
-                       jnp.zeros((), jnp.int32))
+    state = init_train_state(potential, tx)
     train_step = make_train_step(potential, tx, loss, t.ema_decay, mesh)
     compute_stress = loss.needs_stress or any(s.stress is not None for s in splits["valid"])
     predict_fn = make_predict_fn(potential, compute_stress, loss)
@@ -546,7 +578,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
         for key, (a, b) in allowed.items():
             log(f"resume: {key} was {json.dumps(a)}, now {json.dumps(b)}")
         if "training.epochs" in allowed and progress["schedule"]["kind"] == "cosine":
-            step = int(state.step)
+            step = _step_of(state)
             log(f"learning rate: the cosine decay now ends at epoch {t.epochs}; at step "
                 f"{step} it is {lr_schedule.learning_rate(progress['schedule'], t, step, steps_per_epoch):.3g}")
         _truncate_log(log_path, progress["epoch"])
@@ -576,7 +608,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
             start = time.perf_counter()
             order = np.random.default_rng([t.seed, epoch]).permutation(len(datasets["train"]))
             losses = []
-            step = int(state.step)
+            step = _step_of(state)
             fraction = progress["seconds"] / budget if budget else 0.0
             first_lr = lr_schedule.learning_rate(sched, t, step, steps_per_epoch, fraction)
             batches = (datasets["train"].batches(batch_size, order, drop_last=True)
@@ -606,7 +638,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
                 best_params = state.ema_params
             else:
                 progress["bad_epochs"] += 1
-            note = lr_schedule.after_epoch(sched, t, improved, int(state.step), steps_per_epoch)
+            note = lr_schedule.after_epoch(sched, t, improved, _step_of(state), steps_per_epoch)
             progress["epoch"] = epoch
             record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": v_loss,
                       "learning_rate": first_lr,
