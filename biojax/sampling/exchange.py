@@ -164,9 +164,11 @@ class ReplicaExchange:
 
     # ---------------------------------------------------------------- exchange
     def _functions(self, sim):
-        """Jitted (energies, refresh) over the replica axis: the total energy of each
-        replica's configuration with given term states, and a state whose force is
-        recomputed (and Nosé–Hoover chain kinetic energy refreshed)."""
+        """Jitted functions over the replica axis: (energies, refresh, cross, swap) —
+        the total energy of each replica's configuration with its term states; a state
+        whose force is recomputed (and Nosé–Hoover chain kinetic energy refreshed); the
+        energies with the term states of ``partner``; the configurations permuted by
+        ``perm`` with momenta × ``scale`` and forces recomputed."""
         if self._fns is None:
             energy_fn = sim.energy_fn
 
@@ -183,7 +185,21 @@ class ReplicaExchange:
                     state = dataclasses.replace(state, chain=chain)
                 return state
 
-            self._fns = (sim._map(energy), sim._map(refresh))
+            energies, refreshed = sim._map(energy), sim._map(refresh)
+
+            @jax.jit
+            def cross(R, nbrs, ts, partner):
+                return energies(R, nbrs, jax.tree_util.tree_map(lambda x: x[partner], ts))
+
+            @jax.jit
+            def swap(state, nbrs, ts, perm, scale):
+                state = dataclasses.replace(
+                    state, position=state.position[perm],
+                    momentum=state.momentum[perm] * scale[:, None, None])
+                nbrs = jax.tree_util.tree_map(lambda x: x[perm], nbrs)
+                return refreshed(state, nbrs, ts), nbrs
+
+            self._fns = (energies, refreshed, cross, swap)
         return self._fns
 
     def pairs(self, attempt: int) -> list[tuple[int, int, int]]:
@@ -200,16 +216,16 @@ class ReplicaExchange:
         applied: slot r now holds the configuration slot perm[r] held."""
         st = self.state
         pairs = self.pairs(st.attempts)
-        energy, refresh = self._functions(sim)
+        energy, _, cross_fn, swap = self._functions(sim)
         partner = np.arange(self.R)
         for i, j, _ in pairs:
             partner[i], partner[j] = j, i
         own = np.asarray(energy(run.state.position, run.nbrs, run.term_states), np.float64)
-        if self.hamiltonian or any(p != r for r, p in enumerate(partner)):
-            ts_p = jax.tree_util.tree_map(lambda x: x[jnp.asarray(partner)], run.term_states)
-            cross = np.asarray(energy(run.state.position, run.nbrs, ts_p), np.float64)
-        else:
-            cross = own
+        # without term states every slot has the same Hamiltonian: E_j(x_i) = E_i(x_i);
+        # with them (scales, a bias or umbrella window per slot) evaluate E_j(x_i)
+        cross = (np.asarray(cross_fn(run.state.position, run.nbrs, run.term_states,
+                                     jnp.asarray(partner)), np.float64)
+                 if jax.tree_util.tree_leaves(run.term_states) else own)
         u = np.random.default_rng([self.cfg.seed, st.attempts]).random(len(pairs))
         perm = np.arange(self.R)
         b = self.slot_beta
@@ -224,14 +240,9 @@ class ReplicaExchange:
                 perm[i], perm[j] = j, i
         st.attempts += 1
         if np.any(perm != np.arange(self.R)):
-            idx = jnp.asarray(perm)
             scale = jnp.asarray(np.sqrt(self.slot_T / self.slot_T[perm]), jnp.float32)
-            state = run.state
-            state = dataclasses.replace(
-                state, position=state.position[idx],
-                momentum=state.momentum[idx] * scale[:, None, None])
-            run.nbrs = jax.tree_util.tree_map(lambda x: x[idx], run.nbrs)
-            run.state = refresh(state, run.nbrs, run.term_states)
+            run.state, run.nbrs = swap(run.state, run.nbrs, run.term_states,
+                                       jnp.asarray(perm), scale)
             st.walker = [st.walker[p] for p in perm]
         self._count_round_trips()
         return perm
