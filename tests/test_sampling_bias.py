@@ -165,7 +165,7 @@ def _ala_like(n=10, seed=1):
 
 def test_bias_forces_are_minus_gradient_by_finite_differences():
     """Every bias's energy has the gradient its forces come from (float64, central
-    differences along random directions), with a bias state built by depositions."""
+    differences along random directions), with bias states built by depositions."""
     with enable_x64():
         x0 = jnp.asarray(_ala_like())
         system = free_system(10)
@@ -182,16 +182,27 @@ def test_bias_forces_are_minus_gradient_by_finite_differences():
             B.opes(system, None, cv=cvs[:1], sigma=0.3, barrier=0.3, pace=1,
                    variant="explore"),
         ]
-        rng = np.random.default_rng(2)
-        for term in terms:
-            state = None if term.init is None else term.init(x0)
-            if term.update is not None:
-                kicks = jnp.asarray(0.15 * rng.normal(size=(12,) + x0.shape))
-                state = jax.lax.fori_loop(0, 12, lambda k, st: term.update(st, x0 + kicks[k]),
-                                          state)
-            e = float(term.energy(x0, state))
-            assert np.isfinite(e) and e != 0.0      # not a trivially flat bias here
-            _fd_check(term.energy, state, x0)
+        kicks = jnp.asarray(0.15 * np.random.default_rng(2).normal(size=(12,) + x0.shape))
+
+        @jax.jit
+        def states():
+            st = tuple(None if t.init is None else t.init(x0) for t in terms)
+
+            def body(k, st):
+                return tuple(s if t.update is None else t.update(s, x0 + kicks[k])
+                             for t, s in zip(terms, st))
+            return jax.lax.fori_loop(0, 12, body, st)
+
+        st = states()
+
+        def each(x, st):
+            return jnp.stack([t.energy(x, s) for t, s in zip(terms, st)])
+
+        e = np.asarray(jax.jit(each)(x0, st))
+        assert np.all(np.isfinite(e)) and np.all(e != 0.0), e   # no trivially flat bias
+        weights = jnp.asarray(np.random.default_rng(3).uniform(0.5, 2.0, len(terms)))
+        # random positive weights: one term's wrong gradient cannot hide in the sum
+        _fd_check(lambda x, s: jnp.dot(weights, each(x, s)), st, x0)
 
 
 def test_cv_gradients_finite_at_degenerate_geometry():
@@ -204,44 +215,49 @@ def test_cv_gradients_finite_at_degenerate_geometry():
               {"name": "distance", "atoms": [0, 1]},
               {"name": "rmsd", "atoms": [0, 1, 2, 3], "reference": np.asarray(line)},
               {"name": "coordination", "group_a": [0], "group_b": [1, 2], "r0": 1.0}]
+    cvs = C.cvs_from_tables(tables, system)
+    vec = jax.jit(lambda x: jnp.stack([c.fn(x) for c in cvs]))
+    jac = jax.jit(jax.jacrev(lambda x: jnp.stack([c.fn(x) for c in cvs])))
     same = line.at[1].set(line[0])                      # two coincident atoms
-    for table in tables:
-        cv = C.cv_from_table(table, system)
-        for x in (line, same):
-            v, g = jax.value_and_grad(cv.fn)(x)
-            assert np.isfinite(float(v)), table
-            assert np.all(np.isfinite(np.asarray(g))), table
-    assert float(C.cv_from_table(tables[3], system).fn(line)) == pytest.approx(0.0, abs=1e-6)
+    for x in (line, same):
+        assert np.all(np.isfinite(np.asarray(vec(x))))
+        assert np.all(np.isfinite(np.asarray(jac(x))))
+    assert float(vec(line)[3]) == pytest.approx(0.0, abs=1e-6)
     # the coordination switch is smooth through x = 1 (no 0/0)
     coord = C.cv_from_table({"name": "coordination", "group_a": [0], "group_b": [1],
                              "r0": 1.0}, free_system(2))
-    vals = [float(coord.fn(jnp.asarray([[0.0, 0, 0], [r, 0, 0]])))
-            for r in (0.999, 0.9999, 1.0, 1.0001, 1.001)]
+    rs = jnp.asarray([0.999, 0.9999, 1.0, 1.0001, 1.001])
+    vals = np.asarray(jax.jit(jax.vmap(lambda r: coord.fn(
+        jnp.stack([jnp.zeros(3), jnp.asarray([1.0, 0, 0]) * r]))))(rs))
     assert np.all(np.diff(vals) < 0) and vals[2] == pytest.approx(0.5, abs=1e-3)
 
 
-def test_linear_and_learned_cvs_and_trajectory_evaluation(tmp_path):
+def test_linear_and_learned_cvs_and_trajectory_evaluation():
     """A PCA projection from biojax.analysis and an import-path function as CVs; the same
-    tables evaluated on a trajectory of ASE frames."""
+    tables evaluated on a trajectory of ASE frames; a non-scalar learned CV refused."""
     from biojax.analysis.decomposition import pca
 
     x = _ala_like()
     frames = [ase.Atoms("C10", positions=x + 0.1 * np.random.default_rng(i).normal(size=x.shape))
               for i in range(20)]
     feats = [{"name": "dihedral", "atoms": [0, 1, 2, 3]}, {"name": "distance", "atoms": [4, 9]}]
-    f = C.evaluate_cvs(feats, frames)
-    assert f.shape == (20, 2)
-    width = np.column_stack([np.cos(f[:, 0]), np.sin(f[:, 0]), f[:, 1]])
+    from biojax.core.geometry import dihedrals_float64
+
+    phi = np.array([dihedrals_float64(a.positions, np.array([[0, 1, 2, 3]]))[0]
+                    for a in frames])
+    dist = np.linalg.norm([a.positions[4] - a.positions[9] for a in frames], axis=1)
+    width = np.column_stack([np.cos(phi), np.sin(phi), dist])
     proj = pca(width, 2)
     lin = {"name": "linear", "features": feats, "projection": proj, "component": 0}
-    got = C.evaluate_cvs([lin], frames)[:, 0]
-    np.testing.assert_allclose(got, proj.transform(width)[:, 0], atol=1e-4)
-    learned = {"name": "learned", "features": feats, "function": "numpy:sum"}
-    with pytest.raises(Exception):  # numpy.sum on features is fine, but check scalar rule
-        C.evaluate_cvs([{"name": "learned", "features": feats,
-                         "function": "jax.numpy:atleast_2d"}], frames)
-    np.testing.assert_allclose(C.evaluate_cvs([learned], frames)[:, 0], width.sum(1),
-                               atol=1e-4)
+    learned = {"name": "learned", "features": feats, "function": "jax.numpy:sum"}
+    got = C.evaluate_cvs(feats + [lin, learned], frames)
+    np.testing.assert_allclose(got[:, 0], phi, atol=1e-4)
+    np.testing.assert_allclose(got[:, 1], dist, atol=1e-4)
+    np.testing.assert_allclose(got[:, 2], proj.transform(width)[:, 0], atol=1e-4)
+    np.testing.assert_allclose(got[:, 3], width.sum(1), atol=1e-4)
+    with pytest.raises(ConfigError, match="must return a scalar"):
+        C.cv_from_table({"name": "learned", "features": feats,
+                         "function": "jax.numpy:atleast_1d"}, free_system(10))
 
 
 # ---------------------------------------------------------------------- bad input
@@ -275,3 +291,77 @@ def test_linear_and_learned_cvs_and_trajectory_evaluation(tmp_path):
 def test_bad_bias_tables_are_clear_errors(table, match):
     with pytest.raises(ConfigError, match=match):
         B.biases_from_config([table], free_system(10), {"replicas": 2})
+
+
+# ---------------------------------------------------------------------- in MD
+def _sim(bias, steps=120, replicas=2):
+    from biojax.md.config import default_config
+    from biojax.md.simulation import Simulation
+    from biojax.nn.classical import lennard_jones
+
+    atoms = ase.Atoms("Ar4", positions=[[0.0, 0, 0], [3.8, 0, 0], [3.8, 3.8, 0],
+                                        [3.8, 3.8, 3.8]])
+    cfg = default_config(ensemble="nvt-langevin", timestep_fs=4.0, temperature_K=60.0,
+                         steps=steps, chunk_steps=40, observe_every=5, frame_every=40,
+                         replicas=replicas, seed=3, bias=tuple(bias), plots=False,
+                         check_energy=False)
+    return Simulation(atoms, lennard_jones([18], 3.405, 0.0103, cutoff=8.0), cfg)
+
+
+def _csv(path):
+    rows = open(path).read().splitlines()
+    head = rows[0].split(",")
+    data = np.array([[float(x) for x in r.split(",")] for r in rows[1:]])
+    return {h: data[:, i] for i, h in enumerate(head)}
+
+
+def test_metad_multiple_walkers_kill_resume_and_umbrella_centres(tmp_path):
+    """Well-tempered metad with two walkers sharing one bias on a dihedral of an Ar4
+    cluster, plus umbrella windows (one restraint centre per replica) on a distance:
+    killed after one chunk and resumed = uninterrupted, byte for byte; the shared bias
+    after the first chunk is the sum of the hills both walkers deposited (rebuilt from
+    their recorded centres and heights); bias_logw = β(V − c) + βV_restraint."""
+    from biojax.md import checkpoint
+
+    dih = [{"name": "dihedral", "atoms": [0, 1, 2, 3]}]
+    bins, sigma = 64, 0.3
+    metad = {"name": "metad", "cv": dih, "sigma": sigma, "height": 0.004, "pace": 5,
+             "bias_factor": 6.0, "grid_min": -PI, "grid_max": PI, "grid_bins": bins,
+             "walkers": "shared"}
+    umbrella = {"name": "restraint", "label": "us",
+                "cv": [{"name": "distance", "atoms": [0, 3]}], "kappa": 0.05,
+                "centers": [[5.5], [7.0]]}
+    sim = _sim([metad, umbrella])
+    part = sim.run(str(tmp_path / "killed"), max_chunks=1)      # as if killed
+    assert part["step"] == 40 and not part["completed"]
+    leaves, _ = checkpoint.load(str(tmp_path / "killed" / "checkpoint.npz"))
+    grid_v = [x for x in leaves if np.shape(x) == (2, bins)][-1]   # state["grid"]["V"]
+    np.testing.assert_allclose(grid_v[0], grid_v[1])                # one bias for both
+    nodes = -PI + 2 * PI / bins * np.arange(bins)
+    rebuilt = np.zeros(bins)
+    for r in range(2):
+        c = _csv(tmp_path / "killed" / f"replica_{r:03d}" / "observables.csv")
+        for s_k, h_k in zip(c["metad.cv[0]"][1:], c["metad.height"][1:]):  # a hill per row
+            d = nodes - s_k
+            d = (d + PI) % (2 * PI) - PI
+            dp2 = 0.5 * (d / sigma) ** 2
+            e6 = np.exp(-6.25)
+            rebuilt += h_k * np.where(dp2 < 6.25, (np.exp(-dp2) - e6) / (1 - e6), 0.0)
+    assert rebuilt.max() > 0.01
+    np.testing.assert_allclose(grid_v[0], rebuilt, rtol=1e-4, atol=1e-6)
+
+    done = sim.run(str(tmp_path / "killed"), resume=True)
+    full = sim.run(str(tmp_path / "full"))
+    assert done["completed"] and full["completed"]
+    for r in range(2):
+        for name in ("observables.csv", "trajectory.extxyz"):
+            path = os.path.join(f"replica_{r:03d}", name)
+            assert (tmp_path / "full" / path).read_bytes() == \
+                (tmp_path / "killed" / path).read_bytes(), path
+    cols = _csv(tmp_path / "full" / "replica_001" / "observables.csv")
+    np.testing.assert_allclose(cols["us.center[0]"], 7.0)
+    beta = 1.0 / (KB * 60.0)
+    np.testing.assert_allclose(cols["bias_logw"], beta * (cols["metad.energy"] - cols["metad.c"]
+                                                          + cols["us.energy"]), rtol=1e-4,
+                               atol=1e-4)
+    assert cols["metad.energy"][-1] > 0 and cols["metad.c"][-1] > 0

@@ -310,6 +310,9 @@ def cvs_from_tables(tables: Sequence[dict], system: System, what: str = "cv") ->
 def system_of(atoms) -> System:
     """A System for CV evaluation on ASE Atoms (free space, or the Atoms' periodic box
     when fully periodic and orthorhombic)."""
+    if not np.all(atoms.pbc):
+        return System(atoms.get_atomic_numbers(), atoms.get_masses(), lambda a, b, **kw: a - b,
+                      False)
     from biojax.md.system import make_space
 
     space = make_space(atoms, False)
