@@ -13,6 +13,7 @@ from typing import Literal
 from biojax.core.units import BAR, FS, KB, PS
 from biojax.core.config import from_dict, load
 from biojax.core.errors import ConfigError
+from biojax.md.uncertainty import UncertaintyConfig
 
 
 
@@ -195,6 +196,8 @@ class SimulateConfig:
     bias: tuple[dict, ...] = ()
     # replica exchange between chunks (parallel tempering, scaled-bias ladders)
     replica_exchange: ReplicaExchangeConfig | None = None
+    # ensemble force uncertainty in the loop: record, flag or stop (biojax.md.uncertainty)
+    uncertainty: UncertaintyConfig | None = None
     max_timestep_fs: float = 20.0
     out: str = dataclasses.field(default="md_run", metadata={"path": True})  # output folder
     overwrite: bool = False             # replace the results of an earlier run in out

@@ -44,6 +44,7 @@ from biojax.md.config import SimulateConfig, Units
 from biojax.md.integrators import build_integrator
 from biojax.md.system import (cell_of, check_atoms, covalent_bonds, make_space,
                               neighbor_box, repartitioned_masses, to_cartesian, to_internal)
+from biojax.md.uncertainty import monitor_from_config
 from biojax.md.terms import (System, as_energy_term, biases_from_config,
                              energy_terms_from_config, sync_term_states,
                              flatten_row, init_term_states, observables_from_config,
@@ -116,8 +117,13 @@ class Simulation:
                       + biases_from_config(config.bias, system, config))
         extra = observables_from_config(config.observables, system)
         extra.update(observables or {})
+        # ensemble force uncertainty ([uncertainty], biojax.md.uncertainty): a hook with
+        # its own observable, which may stop replicas (``stops``)
+        monitor = monitor_from_config(config, potential, self.space.displacement_fn, numbers)
+        if monitor is not None:
+            extra.update(monitor.observables)
         self.extra_observables = list(extra)
-        self.hooks = list(hooks)
+        self.hooks = list(hooks) + ([monitor] if monitor is not None else [])
         if config.replica_exchange is not None:  # biojax.sampling.exchange
             self.hooks.append(import_object("biojax.sampling.exchange:from_config")(config))
         for h in self.hooks:
@@ -478,13 +484,16 @@ class Simulation:
         bar = progress_bar(cfg.steps - run.step, "simulate",
                            enabled=self.progress and write, unit="steps")
         try:
-            while run.step < cfg.steps and (max_chunks is None or n_chunks < max_chunks):
+            while (run.step < cfg.steps and (max_chunks is None or n_chunks < max_chunks)
+                   and len(self._stopped()) < R):
                 n_frames = min(chunk_frames, (cfg.steps - run.step) // M)
                 t_chunk = time.perf_counter()
+                stopped = self._stopped()  # replicas a hook stopped: frozen (dt = 0)
+                dt = self.dt if not stopped else self.dt.at[jnp.asarray(list(stopped))].set(0.0)
                 while True:
                     fn = self._chunk_fn(n_frames, engine.capacity_of(run.nbrs))
                     state, term_states, nbrs, alarm, obs, frames = fn(
-                        run.state, run.term_states, run.nbrs, self.dt, self.kT, ke_limit,
+                        run.state, run.term_states, run.nbrs, dt, self.kT, ke_limit,
                         pe_limit)
                     if not engine.overflowed(nbrs):
                         break
@@ -496,10 +505,21 @@ class Simulation:
                 obs, frames, alarm = jax.device_get((obs, frames, alarm))
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - t_chunk
+                halted = {}  # replicas a hook stops in this chunk: {r: last step kept}
+                for h in self.hooks:
+                    if hasattr(h, "stops"):
+                        halted.update(h.stops(self, run, obs, frames, n_frames,
+                                              out if write else None))
+                alarm = tuple(np.array(a) for a in alarm)
+                for r in range(R):  # no alarm from frozen replicas or after a stop
+                    if r in stopped or (r in halted and alarm[0][r] > halted[r] - run.step):
+                        alarm[0][r] = -1
                 bad = np.asarray(alarm[0])
                 stop = int(min(b for b in bad if b >= 0)) + run.step if np.any(bad >= 0) \
                     else None
                 for r, w in enumerate(writers):
+                    if r in stopped:
+                        continue
                     rows = [self._row(obs, r, j, run.step + (j + 1) * K)
                             for j in range(n_frames * M // K)]
                     fr = [self._frame(frames, obs, r, f, (f + 1) * (M // K) - 1,
@@ -507,6 +527,9 @@ class Simulation:
                     if stop is not None:
                         rows = [x for x in rows if x["step"] < stop]
                         fr = [a for a in fr if a.info["step"] < stop]
+                    if r in halted:  # stopped by a hook: its output up to that step
+                        rows = [x for x in rows if x["step"] <= halted[r]]
+                        fr = [a for a in fr if a.info["step"] <= halted[r]]
                     w.write_observables(rows)
                     w.write_frames(fr)
                 if stop is not None:
@@ -514,6 +537,12 @@ class Simulation:
                     if write:
                         self._write_plots(out)
                     self._blowup(alarm, run, out, ke_limit, pe_limit)
+                if halted:  # a stopped replica keeps its state from the chunk's start
+                    keep = jnp.asarray(np.isin(np.arange(R), list(halted)))
+                    state, term_states = jax.tree_util.tree_map(
+                        lambda old, new: jnp.where(keep.reshape((R,) + (1,) * (new.ndim - 1)),
+                                                   old, new),
+                        (run.state, run.term_states), (state, term_states))
                 run.state, run.term_states, run.nbrs = state, term_states, nbrs
                 run.term_states = self._sync_terms(run.term_states)
                 run.step += n_frames * M
@@ -553,6 +582,10 @@ class Simulation:
             summary["plots"] = self._write_plots(out)
         self.final_state = run.state
         return summary
+
+    def _stopped(self) -> dict:
+        """Replicas stopped by hooks (``stopped``: {r: last step kept}), frozen since."""
+        return {r: s for h in self.hooks for r, s in getattr(h, "stopped", {}).items()}
 
     def _ns_per_day(self, steps: int, seconds: float) -> float:
         return steps / seconds * self.cfg.timestep_fs * 86400 / 1e6 if seconds > 0 else 0.0

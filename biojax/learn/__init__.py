@@ -1,0 +1,1 @@
+"""Uncertainty and active learning: calibration of ensemble spreads (``calibration``)."""
