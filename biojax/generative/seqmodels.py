@@ -62,8 +62,10 @@ class _Encoder(nn.Module):
     def __call__(self, x, label):
         h = jnp.concatenate([x, _label_channels(label, self.n_classes, x.shape[1])], -1)
         h = nn.relu(nn.Conv(self.channels, (9,))(h))
-        h = nn.relu(nn.Conv(self.channels, (5,), strides=(3,))(h))
-        h = nn.relu(nn.Conv(self.channels, (5,), strides=(3,))(h))
+        for _ in range(2):  # pooling, not strided convolutions: the gradient penalty's
+            # second derivative of a strided convolution is slow on XLA:CPU
+            h = nn.avg_pool(h, (3,), strides=(3,), padding="SAME")
+            h = nn.relu(nn.Conv(self.channels, (5,))(h))
         h = h.reshape(h.shape[0], -1)
         h = nn.relu(nn.Dense(4 * self.channels)(h))
         return nn.Dense(self.out)(h)
@@ -280,7 +282,11 @@ def make_gan_step(gen: Generator, critic: Critic, tx, x, labels=None, batch_size
 
     def step(state, key):
         keys = jax.random.split(key, n_critic + 2)
-        state, (ws, gps) = jax.lax.scan(critic_update, state, keys[:n_critic])
+        ws, gps = [], []
+        for i in range(n_critic):  # unrolled: convolutions inside lax.scan are ~10x slower
+            state, (w, gp) = critic_update(state, keys[i])  # on XLA:CPU
+            ws.append(w)
+            gps.append(gp)
         kb, kz = jax.random.split(keys[-1])
         lab = labels[jax.random.randint(kb, (batch_size,), 0, x.shape[0])]
         z = jax.random.normal(kz, (batch_size, gen.latent))
