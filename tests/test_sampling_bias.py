@@ -145,6 +145,40 @@ def test_metad_equals_plumed_on_a_cv_series(tmp_path):
     np.testing.assert_allclose(ours, ref_grid, atol=2e-3 * ref_grid.max())
 
 
+@pytest.mark.parametrize("variant, action, rtol", [("standard", "OPES_METAD", 5e-6),
+                                                   ("explore", "OPES_METAD_EXPLORE", 1e-7)])
+def test_opes_equals_plumed_on_a_cv_series(tmp_path, variant, action, rtol):
+    """OPES (standard and explore) on two dihedrals along a random-walk CV series: the
+    bias at every step equals PLUMED's OPES_METAD / OPES_METAD_EXPLORE (kernel
+    compression with recursive merging, shrinking σ, Z, ε and kernel cutoff included).
+    The standard variant's weights exp(βV) carry the small k_B difference (1e-6)."""
+    T, barrier, pace = 300.0, 0.3, 2
+    rng = np.random.default_rng(5)
+    series = np.cumsum(rng.normal(scale=0.25, size=(200, 2)), axis=0)
+    series = (series + PI) % (2 * PI) - PI
+    os.chdir(tmp_path)
+    ref = _plumed_bias_series(series, [f"o: {action} ARG=phi,psi SIGMA=0.3,0.4 PACE={pace} "
+                                       f"BARRIER={barrier} TEMP={T} FILE=KERNELS"])
+    t_ours = T * (0.0083144621 / 96.48530749925792) / KB
+    with enable_x64():
+        term = B.opes(free_system(8), {"temperature_K": t_ours}, cv=PHI_PSI,
+                      sigma=[0.3, 0.4], barrier=barrier, pace=pace, variant=variant,
+                      max_kernels=128)
+        frames = jnp.asarray(np.stack([two_dihedrals(a, b) for a, b in series]))
+
+        @jax.jit
+        def run(frames):
+            def step(state, x):
+                return term.update(state, x), term.energy(x, state)
+            state, energies = jax.lax.scan(step, term.init(frames[0]), frames[1:])
+            return energies, state["n"]
+
+        ours, n_kernels = run(frames)
+    assert 5 < int(n_kernels) < 99              # compression merged some of 99 kernels
+    np.testing.assert_allclose(np.asarray(ours), ref[1:], rtol=0,
+                               atol=rtol * np.abs(ref).max())
+
+
 # ---------------------------------------------------------------------- forces, CVs
 def _fd_check(energy, state, x, eps=1e-5, n=4, seed=0):
     """The autodiff gradient of energy(x, state) along random directions equals central

@@ -555,13 +555,17 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
     every ``pace`` steps: "standard" estimates the unbiased P(s) from kernels weighted by
     exp(βV) (p = 1 − 1/γ); "explore" estimates the well-tempered P(s)^{1/γ} from
     unweighted kernels (p = γ − 1). ε = exp(−βΔE/p) caps the bias near ``barrier`` ΔE
-    (eV); γ defaults to βΔE. Kernels: Gaussians of width σ (CV units) shrinking as
-    σ₀ (N_eff (d + 4)/4)^{−1/(d+4)} (unless ``fixed_sigma``), height w Π σ₀/σ, truncated
-    at ½|Δs/σ|² = βΔE/p (value shifted to 0 there); a new kernel closer than
-    ``compression_threshold`` (in σ of the old one) to an existing one is merged into
-    it. Z is the mean of P over the kernel centres (updated incrementally). At most
-    ``max_kernels`` kernels: when full, new ones merge into the nearest (``L.n_kernels``
-    shows it).
+    (eV); γ defaults to βΔE. Kernels: Gaussians of width σ (CV units; explore: √γ σ, the
+    well-tempered distribution being broader) shrinking as σ₀ (N_eff (d + 2)/4)^{−1/(d+4)}
+    (Silverman; N_eff = (1 + Σw)²/(1 + Σw²), explore n + 1) unless ``fixed_sigma``,
+    height w Π σ₀/σ, truncated where ½|Δs/σ|² reaches βΔE/(1 − 1/γ) (explore: βΔE),
+    shifted to 0 there. A new kernel closer than ``compression_threshold`` (in σ of
+    the old one) to an existing one is merged into it, recursively. Z is the mean of
+    P over the kernel centres (kept incrementally). These are PLUMED's OPES_METAD and
+    OPES_METAD_EXPLORE conventions: tests/test_sampling_bias.py checks the bias along a
+    CV series against PLUMED's. At most ``max_kernels`` kernels: when full, new ones
+    merge into the nearest (``L.n_kernels`` shows it). Before the first kernel V = −ΔE
+    (a constant). In float32 βΔE must stay below ~35 (the sums of exp(βV)).
     """
     ctx = _context(context)
     cvs = cvs_from_tables(cv, system, "bias opes: cv")
@@ -588,14 +592,21 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
     if not gamma > 1:
         raise ConfigError(f"bias opes: bias_factor must be > 1, got {gamma} (default "
                           f"βΔE = {beta * barrier:.3g})")
+    if not explore_ok(variant) and beta * barrier > 35.0 and \
+            jnp.zeros(()).dtype == jnp.float32:
+        raise ConfigError(f"bias opes: barrier {barrier} eV is {beta * barrier:.0f} kT; the "
+                          "float32 sums of the weights exp(βV) would overflow above ~35 kT: "
+                          "run in float64 (biojax --x64) or lower the barrier")
     explore = variant == "explore"
     pref = (gamma - 1.0) if explore else (1.0 - 1.0 / gamma)
     eps = math.exp(-beta * barrier / pref) if epsilon is None else float(epsilon)
-    cut2 = 2.0 * beta * barrier / pref
+    # kernels truncated where their tail is below the ε floor (PLUMED's kernel_cutoff)
+    cut2 = 2.0 * beta * barrier / (1.0 if explore else pref)
     val_cut = math.exp(-0.5 * cut2)
     periods, lab = _periods(cvs), _label(label, "opes")
     K = max_kernels
-    s0 = jnp.asarray(sig0)
+    # explore samples the well-tempered distribution, √γ broader than the unbiased one
+    s0 = jnp.asarray(sig0 * (math.sqrt(gamma) if explore else 1.0))
     thr2 = float(compression_threshold) ** 2
 
     def kern(x, c, sg, h):
@@ -612,8 +623,7 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
         prob = kern(s, state["centers"], state["sigmas"], state["heights"]) / \
             jnp.maximum(norm(state), 1e-30)
         zed = jnp.maximum(state["zed"], 1e-30)
-        v = pref / beta * jnp.log(prob / zed + eps)
-        return jnp.where(state["n"] > 0, v, 0.0)
+        return pref / beta * jnp.log(prob / zed + eps)     # −ΔE before any kernel
 
     def energy(R, state, **kw):
         return bias_value(state, _cv_values(cvs, R, kw))
@@ -632,42 +642,71 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
         w = jnp.float32(1.0) if explore else jnp.exp(beta * v)
         n_dep = state["n_dep"] + 1
         sum_w, sum_w2 = state["sum_w"] + w, state["sum_w2"] + w * w
-        neff = n_dep.astype(jnp.float32) if explore else sum_w * sum_w / sum_w2
+        # N_eff with one prior sample, as PLUMED: n + 1 (explore), (1 + Σw)²/(1 + Σw²)
+        neff = (n_dep + 1).astype(jnp.float32) if explore else (1 + sum_w) ** 2 / (1 + sum_w2)
         if fixed_sigma:
             sg = s0
         else:
-            sg = s0 * (neff * (d + 4) / 4.0) ** (-1.0 / (d + 4))
+            sg = s0 * (neff * (d + 2) / 4.0) ** (-1.0 / (d + 4))
         h = w * jnp.prod(s0 / sg)
-        C, S, H, up, n = (state["centers"], state["sigmas"], state["heights"],
-                          state["uprob"], state["n"])
-        active = jnp.arange(K) < n
-        u = _difference(s[None, :], C, periods) / S
-        dist2 = jnp.where(active, jnp.sum(u * u, -1), jnp.inf)
-        m = jnp.argmin(dist2)
-        merge = (n > 0) & ((dist2[m] < thr2) | (n >= K))
-        # merged kernel (heights add, centre and variance by moments)
-        hm = H[m] + h
-        dm = _difference(s, C[m], periods)           # s − c_m on the short arc
-        cm = C[m] + h / hm * dm
-        var = (H[m] * S[m] ** 2 + h * sg ** 2) / hm + H[m] * h / hm ** 2 * dm ** 2
-        new_c, new_s, new_h = (jnp.where(merge, cm, s), jnp.where(merge, jnp.sqrt(var), sg),
-                               jnp.where(merge, hm, h))
-        slot = jnp.where(merge, m, n)
-        # incremental Σ_j h_j G_j(c_k): remove the old kernel `slot` (if merging), add new
-        old = jnp.where(merge, 1.0, 0.0) * kern(C, C[m][None], S[m][None], H[m][None])
-        C2, S2 = C.at[slot].set(new_c), S.at[slot].set(new_s)
-        H2 = H.at[slot].set(new_h)
-        add = kern(C2, new_c[None], new_s[None], new_h[None])
-        up2 = up - old + add
-        up2 = up2.at[slot].set(kern(new_c, C2, S2, H2 * (jnp.arange(K) < n + 1)))
-        n2 = jnp.where(merge, n, n + 1)
-        active2 = jnp.arange(K) < n2
-        up2 = jnp.where(active2, up2, 0.0)
-        zed = jnp.sum(up2) / n2.astype(jnp.float32) / (
+        kt = {k: state[k] for k in ("centers", "sigmas", "heights", "uprob", "n")}
+        kt = add_kernel(kt, s, sg, h)
+        n2 = kt["n"]
+        zed = jnp.sum(kt["uprob"]) / n2.astype(jnp.float32) / (
             n_dep.astype(jnp.float32) if explore else sum_w)
-        return {**state, "centers": C2, "sigmas": S2, "heights": H2 * active2,
-                "uprob": up2, "n": n2, "n_dep": n_dep, "sum_w": sum_w, "sum_w2": sum_w2,
+        return {**state, **kt, "n_dep": n_dep, "sum_w": sum_w, "sum_w2": sum_w2,
                 "zed": zed}
+
+    def remove(kt, j):
+        """Drop kernel j: its share of every Σ_j h_j G_j(c_k), then the last kernel
+        moves into its slot."""
+        C, S, H, up, n = kt["centers"], kt["sigmas"], kt["heights"], kt["uprob"], kt["n"]
+        active = jnp.arange(K) < n
+        up = jnp.where(active, up - kern(C, C[j][None], S[j][None], H[j][None]), 0.0)
+        last = n - 1
+        C, S = C.at[j].set(C[last]), S.at[j].set(S[last])
+        H, up = H.at[j].set(H[last]), up.at[j].set(up[last])
+        H, up = H.at[last].set(0.0), up.at[last].set(0.0)
+        return {"centers": C, "sigmas": S, "heights": H, "uprob": up, "n": last}
+
+    def append(kt, c, sg, h):
+        C, S, H, up, n = kt["centers"], kt["sigmas"], kt["heights"], kt["uprob"], kt["n"]
+        C, S, H = C.at[n].set(c), S.at[n].set(sg), H.at[n].set(h)
+        active = jnp.arange(K) < n + 1
+        up = jnp.where(active, up + kern(C, c[None], sg[None], h[None]), 0.0)
+        up = up.at[n].set(kern(c, C, S, H * active))
+        return {"centers": C, "sigmas": S, "heights": H, "uprob": up, "n": n + 1}
+
+    def add_kernel(kt, c, sg, h):
+        """Add a kernel, merging it with the nearest one while closer than the
+        compression threshold (in that kernel's σ), recursively (the merged kernel is
+        tested again), as PLUMED's OPES does; into the nearest one anyway when full."""
+        def nearest(kt, c):
+            active = jnp.arange(K) < kt["n"]
+            u = _difference(c[None, :], kt["centers"], periods) / kt["sigmas"]
+            dist2 = jnp.where(active, jnp.sum(u * u, -1), jnp.inf)
+            m = jnp.argmin(dist2)
+            return m, (kt["n"] > 0) & ((dist2[m] < thr2) | (kt["n"] >= K))
+
+        def cond(carry):
+            return carry[4]
+
+        def body(carry):
+            kt, c, sg, h, _ = carry
+            m = nearest(kt, c)[0]
+            Hm, Cm, Sm = kt["heights"][m], kt["centers"][m], kt["sigmas"][m]
+            hm = Hm + h                                  # heights add; centre, variance
+            dm = _difference(c, Cm, periods)             # by moments (c − c_m, short arc)
+            cm = Cm + h / hm * dm
+            if any(p is not None for p in periods):
+                cm = _difference(cm, jnp.asarray([p[0] if p else 0.0 for p in periods]),
+                                 periods) + jnp.asarray([p[0] if p else 0.0 for p in periods])
+            var = (Hm * Sm ** 2 + h * sg ** 2) / hm + Hm * h / hm ** 2 * dm ** 2
+            kt = remove(kt, m)
+            return kt, cm, jnp.sqrt(var), hm, nearest(kt, cm)[1]
+
+        kt, c, sg, h, _ = jax.lax.while_loop(cond, body, (kt, c, sg, h, nearest(kt, c)[1]))
+        return append(kt, c, sg, h)
 
     def update(state, R, **kw):
         count = state["count"] + 1
@@ -681,13 +720,18 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
         s = _cv_values(cvs, R, kw)
         v = bias_value(state, s)
         out = _observe_common(lab, s, v, beta * v)
-        neff = (state["n_dep"].astype(jnp.float32) if explore else
-                state["sum_w"] ** 2 / jnp.maximum(state["sum_w2"], 1e-30))
+        neff = ((state["n_dep"] + 1).astype(jnp.float32) if explore else
+                (1 + state["sum_w"]) ** 2 / (1 + state["sum_w2"]))
         out.update({f"{lab}.logZ": jnp.log(state["zed"]), f"{lab}.n_kernels": state["n"],
                     f"{lab}.neff": neff})
         return out
 
     return EnergyTerm(energy, init, update, observe)
+
+
+def explore_ok(variant: str) -> bool:
+    """OPES explore uses unit weights (no exp(βV) sums that could overflow)."""
+    return variant == "explore"
 
 
 # ---------------------------------------------------------------------- from config
