@@ -117,6 +117,8 @@ class SchNet(nn.Module):
             v = nn.Dense(self.features, name=f"f2out_{t}")(m)
             v = nn.Dense(self.features, name=f"update_{t}")(shifted_softplus(v))
             h = h + v
+        if not self.is_initializing():  # per-atom features (biojax.learn.select)
+            self.sow("intermediates", "features", h)
         out = nn.Dense(self.features // 2, name="readout_0")(h)
         out = nn.Dense(self.heads, name="readout_1")(shifted_softplus(out))
         return out[:, 0] if self.heads == 1 else out
@@ -175,6 +177,8 @@ class PaiNN(nn.Module):
             a, b, c = (nn.Dense(F, use_bias=False, name=f"chiral_{k}")(v) for k in "abc")
             triple = jnp.sum(a * jnp.cross(b, c, axisa=1, axisb=1, axisc=1), axis=1)
             s = jnp.concatenate([s, triple], -1)
+        if not self.is_initializing():  # per-atom features (biojax.learn.select)
+            self.sow("intermediates", "features", s)
         out = nn.Dense(F // 2, name="readout_0")(s)
         out = nn.Dense(self.heads, name="readout_1")(jax.nn.silu(out))
         return out[:, 0] if self.heads == 1 else out
