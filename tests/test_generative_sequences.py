@@ -187,7 +187,7 @@ def test_gan_run_killed_and_resumed_equals_uninterrupted(tmp_path):
     x = _promoters(128, length=27)
     labels = np.arange(len(x)) % 3
     gen = smod.GANGenerator(27, 3, {"steps": 6, "batch_size": 16, "channels": 8,
-                                    "latent": 8, "n_critic": 2})
+                                    "latent": 8, "n_critic": 1})
     gen.init(0)
     step = gen.make_step(x, labels)
     kw = dict(seed=4, config={"a": 1}, checkpoint_every=2, log_every=1, progress=False)

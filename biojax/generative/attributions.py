@@ -44,7 +44,12 @@ def integrated_gradients(f: Callable, x, baseline=None, steps: int = 64,
     if int(steps) < 1:
         raise AnalysisError(f"integrated_gradients: steps must be ≥ 1, got {steps}")
     x, baseline = _check(x, baseline)
-    steps = int(steps)
+    if chunk is None and not isinstance(x, jax.core.Tracer):  # one compiled call, not
+        return jax.jit(lambda a, b: _ig(f, a, b, int(steps), None))(x, baseline)  # per op
+    return _ig(f, x, baseline, int(steps), chunk)
+
+
+def _ig(f, x, baseline, steps, chunk):
     alphas = (jnp.arange(steps, dtype=x.dtype) + 0.5) / steps
     grad = jax.grad(lambda z: jnp.asarray(f(z)).reshape(()))
     delta = x - baseline
@@ -71,16 +76,26 @@ def completeness_error(f: Callable, x, baseline=None, attributions=None, steps: 
     return float(jnp.sum(attributions) - (jnp.asarray(f(x)) - jnp.asarray(f(baseline))))
 
 
-def batched_integrated_gradients(f: Callable, xs, baseline=None, steps: int = 32):
-    """Integrated gradients for each input in the batch ``xs`` (leading axis), one jitted
-    call; ``baseline`` has the shape of one input (default zeros). Returns ``xs``' shape."""
-    xs = jnp.asarray(xs)
+def batched_integrated_gradients(f: Callable, xs, baseline=None, steps: int = 32,
+                                 batch: int = 128):
+    """Integrated gradients for each input in ``xs`` (leading axis), jitted once and run
+    ``batch`` inputs at a time (the last chunk padded); ``baseline`` has the shape of one
+    input (default zeros). Returns an array shaped like ``xs`` (units of ``f``)."""
+    xs = np.asarray(xs)
     base = jnp.zeros(xs.shape[1:], xs.dtype) if baseline is None else jnp.asarray(baseline)
     if base.shape != xs.shape[1:]:
         raise AnalysisError(f"batched_integrated_gradients: baseline shape {base.shape} "
                             f"differs from one input's shape {xs.shape[1:]}")
     fn = jax.jit(jax.vmap(lambda x: integrated_gradients(f, x, base, steps=steps)))
-    return fn(xs)
+    size = min(batch, len(xs))
+    out = []
+    for i in range(0, len(xs), size):
+        chunk = xs[i:i + size]
+        n = len(chunk)
+        if n < size:
+            chunk = np.concatenate([chunk, np.zeros((size - n, *xs.shape[1:]), xs.dtype)])
+        out.append(np.asarray(fn(jnp.asarray(chunk)))[:n])
+    return np.concatenate(out)
 
 
 def in_silico_mutagenesis(f: Callable, onehot):

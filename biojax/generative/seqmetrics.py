@@ -131,10 +131,11 @@ def motif_hits(x, consensus: str, max_mismatches: int = 1, window: tuple | None 
 
 
 def _hamming_matches(a, b, batch: int = 1024) -> np.ndarray:
-    fa = jnp.asarray(np.asarray(a, np.float32).reshape(len(a), -1))
-    fb = jnp.asarray(np.asarray(b, np.float32).reshape(len(b), -1))
-    f = jax.jit(lambda u: u @ fb.T)
-    return np.concatenate([np.asarray(f(fa[i:i + batch])) for i in range(0, len(a), batch)])
+    """Matching positions between every sequence of ``a`` and of ``b`` (one-hot dot
+    products; NumPy BLAS, nothing to compile)."""
+    fa = np.asarray(a, np.float32).reshape(len(a), -1)
+    fb = np.asarray(b, np.float32).reshape(len(b), -1)
+    return np.concatenate([fa[i:i + batch] @ fb.T for i in range(0, len(a), batch)])
 
 
 def nearest_hamming(x, reference, exclude_self: bool = False) -> dict:

@@ -18,6 +18,7 @@ its batch from ``key``. Class labels are integers in ``[0, n_classes)``;
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -222,15 +223,25 @@ def vae_elbo(model: SeqVAE, params, x, labels=None, key=None, n_samples: int = 1
     key = jax.random.PRNGKey(0) if key is None else key
     total = 0.0
     for k in jax.random.split(key, n_samples):
-        logits, mean, logvar = model.apply({"params": params}, x, labels, k)
-        total += float(vae_loss(logits, mean, logvar, x)[0])
+        total += float(_neg_elbo(model, params, x, labels, k))
     return -total / n_samples
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _neg_elbo(model, params, x, labels, key):
+    logits, mean, logvar = model.apply({"params": params}, x, labels, key)
+    return vae_loss(logits, mean, logvar, x)[0]
 
 
 def sample_vae(model: SeqVAE, params, labels, key, temperature: float = 1.0):
     """One-hot samples (B, length, 4) for integer ``labels`` (B,): z ~ N(0, 1), then a
     base at each position drawn from the decoder's softmax at ``temperature``."""
-    labels = jnp.asarray(labels, jnp.int32)
+    return _sample_vae(model, params, jnp.asarray(labels, jnp.int32), key,
+                       jnp.float32(temperature))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_vae(model, params, labels, key, temperature):
     k_z, k_x = jax.random.split(key)
     z = jax.random.normal(k_z, (labels.shape[0], model.latent))
     logits = model.apply({"params": params}, z, labels, method=SeqVAE.decode)
@@ -305,7 +316,11 @@ def make_gan_step(gen: Generator, critic: Critic, tx, x, labels=None, batch_size
 
 def sample_gan(gen: Generator, params, labels, key):
     """One-hot samples (B, length, 4): the argmax base of the generator's output."""
-    labels = jnp.asarray(labels, jnp.int32)
+    return _sample_gan(gen, params, jnp.asarray(labels, jnp.int32), key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_gan(gen, params, labels, key):
     z = jax.random.normal(key, (labels.shape[0], gen.latent))
     probs = gen.apply({"params": params}, z, labels)
     return jax.nn.one_hot(jnp.argmax(probs, -1), 4)
@@ -354,11 +369,23 @@ def make_classifier_step(model: SeqClassifier, tx, x, y, batch_size: int = 64,
     return jax.jit(step)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model, params, x):
+    return model.apply({"params": params}, x)
+
+
 def classifier_logits(model: SeqClassifier, params, x, batch: int = 512) -> np.ndarray:
-    """Logits (N, n_out) of ``x`` in batches (host numpy)."""
-    f = jax.jit(lambda xb: model.apply({"params": params}, xb))
+    """Logits (N, n_out) of ``x`` in batches of ``batch`` (the last one padded, so one
+    compiled shape), as host numpy."""
     x = np.asarray(x, np.float32)
-    return np.concatenate([np.asarray(f(x[i:i + batch])) for i in range(0, len(x), batch)])
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        n = len(xb)
+        if n < batch and len(x) > batch:
+            xb = np.concatenate([xb, np.zeros((batch - n, *x.shape[1:]), np.float32)])
+        out.append(np.asarray(_apply(model, params, xb))[:n])
+    return np.concatenate(out)
 
 
 # ---------------------------------------------------------------- the generator protocol

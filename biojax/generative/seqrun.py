@@ -386,11 +386,7 @@ def attribution_profile(model, params, x, steps: int, n_examples: int, seed: int
     sub = np.asarray(x)[rng.permutation(len(x))[:n_examples]]
     f = lambda s: model.apply({"params": params}, s[None])[0, 0]  # noqa: E731
     base = jnp.full(sub.shape[1:], 0.25, jnp.float32)
-    attrs = []
-    for i in range(0, len(sub), 100):
-        attrs.append(np.asarray(batched_integrated_gradients(f, jnp.asarray(sub[i:i + 100]),
-                                                             base, steps=steps)))
-    attrs = np.concatenate(attrs)
+    attrs = batched_integrated_gradients(f, sub, base, steps=steps, batch=128)
     per_pos = attrs.sum(-1)  # (N, L): attribution of the base present at each position
     logits = np.asarray(jax_apply(model, params, sub))
     logit_base = float(np.asarray(jax_apply(model, params, np.asarray(base)[None]))[0])
