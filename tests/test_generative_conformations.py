@@ -43,9 +43,6 @@ def test_internal_round_trip_and_jacobian():
     first = xc[:, zm.order[:3]]
     assert float(jnp.max(jnp.abs(first[:, 0]))) == 0.0
     assert float(jnp.max(jnp.abs(first[:, 1, 1:]))) == 0.0 and float(first[0, 2, 2]) == 0.0
-    # a Jacobian of the NeRF build is finite (differentiable) everywhere on the data
-    g = jax.grad(lambda zz: jnp.sum(I.to_cartesian(zm, zz) ** 2))(z[0])
-    assert np.all(np.isfinite(np.asarray(g)))
     # log J = 2 Σ log b + Σ log sin a: the volume of a 4-atom chain (3 translations, 3
     # rotations, 6 internal coordinates) from the full 12 × 12 Jacobian of the map
     zm4 = I.build_zmatrix([[0, 1], [1, 2], [2, 3]], 4, root=0)
@@ -169,23 +166,16 @@ def test_importance_weights_recover_a_known_target():
     ess = C.effective_sample_size(w)
     assert 0.3 * len(s) < ess < 0.8 * len(s)   # analytic: 20000 · √3/2 / ... ≈ 0.58 n
     assert C.effective_sample_size(np.ones(10)) == pytest.approx(10.0)
+    # populations of φ/ψ regions and their importance-sampling errors (binomial for
+    # equal weights)
+    from biojax.analysis.config import RegionConfig
 
-
-def test_per_atom_energies_sum_to_total():
-    from biojax.calculator import BiojaxCalculator
-    from biojax.generative import explain
-    from biojax.nn.io import load_potential
-
-    pot = load_potential(MODEL)
-    x, numbers = _ala2()
-    per_atom = explain.per_atom_energies(pot, numbers, x[:2])
-    assert per_atom.shape == (2, 22)
-    # against the ASE calculator (the jax-md neighbor-list path of the Potential)
-    atoms = ase.Atoms(numbers=numbers, positions=x[1])
-    atoms.calc = BiojaxCalculator(pot)
-    total = atoms.get_potential_energy() - pot.reference_energy(numbers)
-    assert per_atom[1].sum() == pytest.approx(total, abs=2e-5)
-    assert abs(per_atom[1] - per_atom[0]).max() > 1e-3   # not a constant per species
+    left = [RegionConfig("left", (((-180.0, 0.0), (-180.0, 180.1)),))]
+    pp = rng.uniform(-180, 180, (1000, 2))
+    p = C.region_populations(pp, left)["left"]
+    assert p == pytest.approx(np.mean(pp[:, 0] < 0))
+    err = C.region_populations(pp, left, np.ones(1000), errors=True)["left"]
+    assert err == pytest.approx(np.sqrt(p * (1 - p) / 1000), rel=1e-6)
 
 
 def _write_frames(path, n=60, seed=0):
@@ -201,13 +191,18 @@ def test_explain_cli_tiny(tmp_path):
 
     traj = tmp_path / "traj.extxyz"
     _write_frames(traj)
+    x, numbers = _ala2()   # the C7eq start and two thermal-size displacements of it
+    rng = np.random.default_rng(1)
+    ase.io.write(tmp_path / "near.extxyz", [
+        ase.Atoms(numbers=numbers, positions=x[0] + rng.normal(0, s, (22, 3)))
+        for s in (0.0, 0.05, 0.05)], format="extxyz")
     cfg = tmp_path / "explain.toml"
     cfg.write_text(f"""
 [explain]
 potential = "{os.path.abspath(MODEL)}"
-structures = "{os.path.abspath(STARTS)}"
+structures = "near.extxyz"
 baseline = 0
-ig_steps = 8
+ig_steps = 16
 internal = false
 plots = false
 
@@ -222,15 +217,32 @@ ig_steps = 8
     out = tmp_path / "out"
     assert main(["explain", str(cfg), "--out", str(out), "--quiet"]) == 0
     res = json.load(open(out / "explain.json"))
+    # per-atom energies sum to the total, and the total is the Potential's energy by its
+    # other path (the ASE calculator: jax-md neighbor list, reference energies added)
     assert res["decomposition_max_error_eV"] < 1e-5
-    assert len(res["integrated_gradients"]) == 3
+    from biojax.calculator import BiojaxCalculator
+    from biojax.nn.io import load_potential
+
+    pot = load_potential(MODEL)
+    atoms = ase.io.read(tmp_path / "near.extxyz", 1)
+    atoms.calc = BiojaxCalculator(pot)
+    total = atoms.get_potential_energy() - pot.reference_energy(numbers)
+    per_atom = np.asarray(res["per_atom_energies_eV"])
+    assert per_atom.shape == (3, 22) and per_atom[1].sum() == pytest.approx(total, abs=2e-5)
+    assert abs(per_atom[1] - per_atom[0]).max() > 1e-3   # not a constant per species
+    # integrated gradients of the energy: complete up to the quadrature error
+    for rec in res["integrated_gradients"]:
+        assert abs(sum(rec["per_atom"]) - rec["delta"]) == pytest.approx(
+            abs(rec["completeness_error"]), abs=1e-5)
+        assert abs(rec["completeness_error"]) < 0.05 * max(abs(rec["delta"]), 0.1)
+    assert len(res["integrated_gradients"]) == 2
     st = res["states"]
     assert st["test_accuracy"] >= 0.9 and len(st["ig_share"]) == 4 + 6
     assert st["ig_completeness_max_error"] < 0.05
     # a second run into the same folder is refused; an unknown key is named
     assert main(["explain", str(cfg), "--out", str(out), "--quiet"]) == 1
     bad = tmp_path / "bad.toml"
-    bad.write_text(cfg.read_text().replace("ig_steps = 8\ninternal", "ig_step = 8\ninternal"))
+    bad.write_text(cfg.read_text().replace("ig_steps = 16\ninternal", "ig_step = 16\ninternal"))
     with pytest.raises(ConfigError, match="unknown key.*'ig_step'"):
         from biojax.generative.explain_stage import load_config
 
@@ -257,8 +269,6 @@ boxes = [[[-180.0, 0.0], [-180.0, 180.1]]]
 [[generate.generators]]
 name = "flow"
 steps = 20
-energy_weight = 0.1
-energy_batch_size = 8
 options = {{layers = 2, hidden = 16}}
 """
     cfg.write_text(text)

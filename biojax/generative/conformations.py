@@ -363,25 +363,14 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
     n = y_train.shape[0]
     batch_size = min(int(batch_size), n)
     sched = optax.cosine_decay_schedule(learning_rate, max(int(steps), 1), alpha=0.05)
-    tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adamw(sched, weight_decay=weight_decay))
+    tx = optax.chain(optax.clip_by_global_norm(10.0),
+                     optax.adamw(sched, weight_decay=weight_decay))
     params = gen.init(jax.random.PRNGKey(seed))
     state = {"params": params, "opt": tx.init(params)}
 
     loss = gen.loss
     if energy is not None and energy.get("weight", 0.0) > 0:
-        e_fn = jax.vmap(energy["fn"])
-        zm, tf, kt, w = energy["zmatrix"], energy["transform"], energy["kt"], energy["weight"]
-        nb = int(energy.get("batch_size", 32))
-
-        def loss(params, batch, key):  # noqa: F811 (the loss with the energy term)
-            value, metrics = gen.loss(params, batch, key)
-            y = gen.sample(params, jax.random.fold_in(key, 1), nb)
-            z = tf.inverse(y)
-            log_q = gen.log_prob(params, y, key) + tf.forward(z)[1]
-            bu = e_fn(internal.to_cartesian(zm, z)) / kt
-            bu = jnp.where(bu < 1000.0, bu, 1000.0 + jnp.log1p(jnp.maximum(bu - 1000.0, 0.0)))
-            kl_rev = jnp.mean(log_q + bu - internal.log_jacobian(zm, z))
-            return value + w * kl_rev, {**metrics, "reverse_kl": kl_rev}
+        loss = _with_energy(gen, energy)
 
     @jax.jit
     def step_fn(state, key):
@@ -396,6 +385,26 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
                 resume=resume, checkpoint_every=checkpoint_every, log_every=log_every,
                 log=log, progress=progress, on_step=on_step)
     return state["params"]
+
+
+def _with_energy(gen: Generator, energy: dict) -> Callable:
+    """``gen.loss`` plus weight × the reverse KL divergence to exp(−U/kT) (see
+    :func:`train_generator`)."""
+    e_fn = jax.vmap(energy["fn"])
+    zm, tf, kt, w = energy["zmatrix"], energy["transform"], energy["kt"], energy["weight"]
+    nb = int(energy.get("batch_size", 32))
+
+    def loss(params, batch, key):
+        value, metrics = gen.loss(params, batch, key)
+        y = gen.sample(params, jax.random.fold_in(key, 1), nb)
+        z = tf.inverse(y)
+        log_q = gen.log_prob(params, y, key) + tf.forward(z)[1]
+        bu = e_fn(internal.to_cartesian(zm, z)) / kt
+        bu = jnp.where(bu < 1000.0, bu, 1000.0 + jnp.log1p(jnp.maximum(bu - 1000.0, 0.0)))
+        kl_rev = jnp.mean(log_q + bu - internal.log_jacobian(zm, z))
+        return value + w * kl_rev, {**metrics, "reverse_kl": kl_rev}
+
+    return loss
 
 
 # ---------------------------------------------------------------- reweighting
@@ -416,26 +425,38 @@ def effective_sample_size(w) -> float:
     return float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300))
 
 
-def region_populations(phi_psi_deg, regions, weights=None) -> dict[str, float]:
+def _inside(pp, region) -> np.ndarray:
+    inside = np.zeros(len(pp), bool)
+    for (plo, phi_hi), (slo, shi) in region.boxes:
+        inside |= ((pp[:, 0] >= plo) & (pp[:, 0] < phi_hi)
+                   & (pp[:, 1] >= slo) & (pp[:, 1] < shi))
+    return inside
+
+
+def region_populations(phi_psi_deg, regions, weights=None, errors: bool = False) -> dict:
     """Weighted fraction of (φ, ψ) points (degrees) in each named region (union of boxes
-    [[φ_lo, φ_hi], [ψ_lo, ψ_hi]])."""
+    [[φ_lo, φ_hi], [ψ_lo, ψ_hi]]). ``errors``: instead ``{name: standard error}``, the
+    delta-method error of a self-normalised importance-sampling estimate,
+    sqrt(Σ w_i² (1_i − p)²) with normalised weights (√(p(1−p)/n) for equal weights)."""
     pp = np.asarray(phi_psi_deg)
     w = np.ones(len(pp)) / len(pp) if weights is None else np.asarray(weights) / np.sum(weights)
     out = {}
     for r in regions:
-        inside = np.zeros(len(pp), bool)
-        for (plo, phi_hi), (slo, shi) in r.boxes:
-            inside |= ((pp[:, 0] >= plo) & (pp[:, 0] < phi_hi)
-                       & (pp[:, 1] >= slo) & (pp[:, 1] < shi))
-        out[r.name] = float(np.sum(w[inside]))
+        inside = _inside(pp, r)
+        p = float(np.sum(w[inside]))
+        out[r.name] = (float(np.sqrt(np.sum(w ** 2 * (inside - p) ** 2))) if errors else p)
     return out
 
 
 def phi_psi_histogram(phi_psi_rad, bins: int, weights=None) -> np.ndarray:
     """Normalised 2D histogram of (φ, ψ) (radians) on a bins × bins grid over [−π, π)²."""
     e = np.linspace(-np.pi, np.pi, bins + 1)
-    h, _, _ = np.histogram2d(phi_psi_rad[:, 0], phi_psi_rad[:, 1], [e, e], weights=weights)
-    return h / max(h.sum(), 1e-300)
+    pp = np.asarray(phi_psi_rad, np.float64)
+    ok = np.all(np.isfinite(pp), 1)
+    w = None if weights is None else np.asarray(weights, np.float64)[ok] / max(
+        np.sum(np.asarray(weights, np.float64)[ok]), 1e-300)
+    h, _, _ = np.histogram2d(pp[ok, 0], pp[ok, 1], [e, e], weights=w)
+    return h / h.sum() if h.sum() > 0 else h
 
 
 # ---------------------------------------------------------------- config
@@ -591,12 +612,17 @@ def evaluate_samples(cfg: GenerateTable, zm, x_gen, log_q, x_ref, energy_fn=None
             out["populations"] = region_populations(deg, cfg.regions)
             if weights is not None:
                 out["populations_reweighted"] = region_populations(deg, cfg.regions, weights)
+                out["populations_reweighted_error"] = region_populations(
+                    deg, cfg.regions, weights, errors=True)
     return out
 
 
 def _js(p, q) -> float:
+    """JS divergence (nats) of two histograms; NaN if either is empty."""
     from biojax.analysis.fes import js_divergence
 
+    if not (np.sum(p) > 0 and np.sum(q) > 0):
+        return float("nan")
     return js_divergence(p, q)
 
 
