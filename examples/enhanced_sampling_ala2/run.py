@@ -43,10 +43,9 @@ def simulate(mode: str, replicas: int, ps: float, out: str) -> dict:
     import ase.io
     import jax.numpy as jnp
 
-    from biojax.core.config import load as load_toml  # noqa: F401
     from biojax.md.config import default_config
     from biojax.md.simulation import Simulation
-    from biojax.md.terms import System  # noqa: F401
+    from biojax.md.terms import System
     from biojax.nn.io import load_potential
     from biojax.sampling.cv import cvs_from_tables
 
@@ -54,7 +53,7 @@ def simulate(mode: str, replicas: int, ps: float, out: str) -> dict:
                          index=":3")
     potential = load_potential(os.path.join(ROOT, "examples", "models", "ala2_painn"))
     bias = ()
-    if mode != "unbiased":
+    if mode not in ("unbiased", "reference"):
         import tomllib
 
         with open(os.path.join(HERE, f"{mode}.toml"), "rb") as fh:
@@ -63,16 +62,16 @@ def simulate(mode: str, replicas: int, ps: float, out: str) -> dict:
     cfg = default_config(timestep_fs=1.0, hydrogen_mass=4.0, temperature_K=300.0,
                          friction_per_ps=1.0, steps=steps, replicas=replicas,
                          chunk_steps=1000, observe_every=50, frame_every=1000,
-                         minimize=True, bias=bias, plots=False, seed=11)
+                         minimize=True, bias=bias, plots=False, replica_block=16,
+                         seed=1000 if mode == "reference" else 11)
     holder = {}
 
     def phipsi(state, **kw):
         return jnp.stack([c.fn(state.position, **kw) for c in holder["cvs"]])
 
     sim = Simulation(starts, potential, cfg, progress=True, observables={"phipsi": phipsi})
-    from biojax.md.terms import System as _S
-    holder["cvs"] = cvs_from_tables(PHI_PSI, _S(sim.numbers, np.ones(sim.n_atoms),
-                                                sim.space.displacement_fn, False))
+    holder["cvs"] = cvs_from_tables(PHI_PSI, System(sim.numbers, np.ones(sim.n_atoms),
+                                                    sim.space.displacement_fn, False))
     resume = os.path.exists(os.path.join(out, "checkpoint.npz"))
     t0 = time.time()
     summary = sim.run(out, resume=resume)
@@ -147,22 +146,32 @@ def transitions(reps: list[dict]) -> dict:
 
 
 def analyze(base: str, skip_ps: float, min_count: int) -> dict:
-    runs = {m: read_run(os.path.join(base, m)) for m in ("unbiased", "metad", "opes")
+    runs = {m: read_run(os.path.join(base, m))
+            for m in ("reference", "unbiased", "metad", "opes")
             if glob.glob(os.path.join(base, m, "replica_*", "observables.csv"))}
-    if "unbiased" not in runs:
+    ref_mode = "reference" if "reference" in runs else "unbiased"
+    if ref_mode not in runs:
         sys.exit("analyze: no unbiased reference run in " + base)
-    F_ref, n_ref = fes(runs["unbiased"])
+    F_ref, n_ref = fes(runs[ref_mode])
     mask = n_ref >= min_count
     result = {"bins": "24 x 24 (15 deg)", "kT_eV": KT_300, "skip_ps": skip_ps,
               "min_count": min_count, "reference_bins": int(mask.sum()),
-              "reference_frames": int(n_ref.sum())}
+              "reference_frames": int(n_ref.sum()), "reference_run": ref_mode}
+    # the reference's own uncertainty: its two halves of replicas against each other
+    half = len(runs[ref_mode]) // 2
+    Fa, _ = fes(runs[ref_mode][:half])
+    Fb, _ = fes(runs[ref_mode][half:])
+    result["reference_half_vs_half"] = compare(Fa, Fb, mask)
+    result["reference_basin_bins_F_below_3kT"] = int((mask & (F_ref < 3.0)).sum())
     for mode, reps in runs.items():
         t_end = max(r["t"].max() for r in reps)
         entry = {"replicas": len(reps), "ps_per_replica": float(t_end),
                  "frames": int(sum(len(r["t"]) for r in reps)), **transitions(reps)}
-        if mode != "unbiased":
+        if mode not in ("unbiased", "reference"):
             F, n = fes(reps, t_min=skip_ps)
             entry["vs_reference"] = compare(F, F_ref, mask)
+            # the basins only: reference bins below 3 kT
+            entry["vs_reference_basins_F_below_3kT"] = compare(F, F_ref, mask & (F_ref < 3.0))
             # convergence: FES of frames in [skip, t) against the reference
             times = np.arange(skip_ps + 1.0, t_end + 1e-6, 1.0)
             curve = [(float(t), compare(fes(reps, skip_ps, t)[0], F_ref, mask)["mean_abs_kT"])
@@ -190,7 +199,7 @@ def plot(runs, F_ref, mask, base, skip_ps):
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.8))
     deg = np.degrees(EDGES)
     for ax, (mode, reps) in zip(np.atleast_1d(axes), runs.items()):
-        F = F_ref if mode == "unbiased" else fes(reps, t_min=skip_ps)[0]
+        F = fes(reps)[0] if mode in ("unbiased", "reference") else fes(reps, t_min=skip_ps)[0]
         im = ax.pcolormesh(deg, deg, np.where(np.isfinite(F), F, np.nan).T, vmin=0, vmax=12,
                            cmap="viridis")
         ax.contour(0.5 * (deg[1:] + deg[:-1]), 0.5 * (deg[1:] + deg[:-1]), mask.T, [0.5],
@@ -203,7 +212,10 @@ def plot(runs, F_ref, mask, base, skip_ps):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mode", choices=["unbiased", "metad", "opes", "all"], default=None)
+    ap.add_argument("--mode", choices=["unbiased", "metad", "opes", "reference", "all"],
+                    default=None, help="reference: the long unbiased reference (use more "
+                    "--replicas and --ps); unbiased: the control of the same length as the "
+                    "biased runs")
     ap.add_argument("--replicas", type=int, default=8)
     ap.add_argument("--ps", type=float, default=10.0, help="simulated ps per replica")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "enhanced_sampling_ala2"))
