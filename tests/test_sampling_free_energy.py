@@ -378,6 +378,7 @@ names = ["d"]
 method = "none"
 [cluster]
 k = 2
+n_init = 1
 [msm]
 enabled = false
 [fes]
