@@ -19,6 +19,9 @@ Config (one ``[explain]`` table, optional ``[explain.states]``)::
     label_dihedrals = ["phi", "psi"]
     k = 3
 
+``explain`` is a command of the ``biojax`` CLI (``biojax.cli._COMMANDS``), not a step of
+``biojax run`` pipelines (it is not in the ``stages`` registry).
+
 Writes ``explain.json`` (numbers), ``per_atom_energy.png``, ``energy_ig.png`` and
 ``state_ig.png`` to the output directory (default ``runs/<config name>``)."""
 
@@ -28,14 +31,12 @@ import dataclasses
 import glob
 import json
 import os
-import sys
 from typing import Callable
 
 import numpy as np
 
 from biojax.core.config import add_override_option, cli_overrides, load
 from biojax.core.errors import ConfigError, DataError
-from biojax.core.registry import stages
 
 NAME = "explain"
 
@@ -298,5 +299,3 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_explain)
 
-
-stages.register(NAME, sys.modules[__name__])
