@@ -277,7 +277,9 @@ def run_config(config: SequenceConfig, workdir: str, *, resume: bool = False,
         step = model_step = smod.make_classifier_step(model, tx, xc, yc, c.batch_size)
         del model_step
         state = fit(step, state, c.steps, workdir, "classifier", seed=g.seed,
-                    config={**base, "negatives": _digest(xn), **dataclasses.asdict(c)},
+                    config={**base, "negatives": _digest(xn),
+                            **{k: v for k, v in dataclasses.asdict(c).items()
+                               if k not in ("steps", "ig_steps", "ig_examples")}},
                     resume=resume, log=log, progress=progress, max_minutes=budget)
         clf = (model, state["params"])
         lp = smod.classifier_logits(model, state["params"], x_held)[:, 0]
@@ -310,7 +312,9 @@ def run_config(config: SequenceConfig, workdir: str, *, resume: bool = False,
         step = gen.make_step(x_train, y_train)
         tag = name.replace(":", "_").replace(".", "_")
         state = fit(step, state, gen.steps, workdir, tag, seed=g.seed,
-                    config={**base, "model": name, "options": options}, resume=resume,
+                    config={**base, "model": name,  # steps may grow on --resume
+                            "options": {k: v for k, v in options.items() if k != "steps"}},
+                    resume=resume,
                     log=log, progress=progress, max_minutes=budget)
         key = jax.random.fold_in(jax.random.PRNGKey(g.seed), 1_000_003 + mi)
         xs = np.asarray(gen.sample(state, sample_labels, key), np.float32)
