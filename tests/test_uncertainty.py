@@ -98,3 +98,31 @@ def test_bad_uncertainty_settings_are_clear_errors(ensemble_and_starts):
     cfg = default_config(uncertainty={"policy": "record"})
     with pytest.raises(ConfigError, match="needs an ensemble"):
         Simulation(starts[0], single, cfg)
+
+
+def test_farthest_point_selection_and_a_failing_label_is_recorded_not_fatal():
+    from biojax.learn.select import farthest_point
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 0.1, (40, 2)), [[5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]]])
+    assert set(farthest_point(x, 3).tolist()) == {40, 41, 42}  # the three outliers
+    # with the outliers already labelled, the next picks come from the cluster
+    assert not set(farthest_point(x[:40], 2, reference=x[40:]).tolist()) & {40, 41, 42}
+
+    from ase.build import bulk
+
+    from biojax.learn.label import label_parallel
+
+    frames = [bulk("Cu", cubic=True), bulk("Cu", cubic=True), bulk("Cu", cubic=True)]
+    frames[1].set_chemical_symbols(["U"] * len(frames[1]))  # EMT knows no uranium
+    frames[2].rattle(0.05, seed=0)
+    done, failed = label_parallel(frames, "emt", workers=1)
+    assert len(done) == 2 and [f["index"] for f in failed] == [1]
+    assert "structure 1" in failed[0]["error"] and "U" in failed[0]["error"]
+    from ase.calculators.emt import EMT
+
+    ref = frames[2].copy()
+    ref.calc = EMT()
+    np.testing.assert_allclose(done[1].get_forces(), ref.get_forces(), atol=1e-10)
+    with pytest.raises(ConfigError, match="unknown option"):
+        label_parallel(frames, "emt", {"nonsense": 1})
