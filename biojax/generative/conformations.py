@@ -368,23 +368,40 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
     params = gen.init(jax.random.PRNGKey(seed))
     state = {"params": params, "opt": tx.init(params)}
 
-    loss = gen.loss
-    if energy is not None and energy.get("weight", 0.0) > 0:
-        loss = _with_energy(gen, energy)
+    # one compiled step per generator and settings (the data is an argument, so a resumed
+    # or repeated run in the same process reuses it)
+    key = (id(gen), n, batch_size, float(learning_rate), int(steps), float(weight_decay))
+    cached = _STEPS.get(key) if energy is None else None
+    if cached is not None and cached[0] is gen:
+        step = cached[1]
+    else:
+        loss = gen.loss
+        if energy is not None and energy.get("weight", 0.0) > 0:
+            loss = _with_energy(gen, energy)
 
-    @jax.jit
+        @jax.jit
+        def step(state, key, data):
+            kb, kl = jax.random.split(key)
+            batch = data[jax.random.randint(kb, (batch_size,), 0, n)]
+            (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
+                state["params"], batch, kl)
+            updates, opt = tx.update(grads, state["opt"], state["params"])
+            return ({"params": optax.apply_updates(state["params"], updates), "opt": opt},
+                    metrics)
+
+        if energy is None:
+            _STEPS[key] = (gen, step)
+
     def step_fn(state, key):
-        kb, kl = jax.random.split(key)
-        batch = y_train[jax.random.randint(kb, (batch_size,), 0, n)]
-        (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
-            state["params"], batch, kl)
-        updates, opt = tx.update(grads, state["opt"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, metrics
+        return step(state, key, y_train)
 
     state = fit(step_fn, state, int(steps), workdir, name, seed=seed, config=config,
                 resume=resume, checkpoint_every=checkpoint_every, log_every=log_every,
                 log=log, progress=progress, on_step=on_step)
     return state["params"]
+
+
+_STEPS: dict = {}
 
 
 def _with_energy(gen: Generator, energy: dict) -> Callable:
