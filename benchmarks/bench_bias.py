@@ -72,14 +72,19 @@ def main(argv=None) -> int:
     ap.add_argument("--chunks", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cases", default=None,
+                    help="case names separated by ; (default: all; unbiased always runs)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "bias_cost_cpu"))
     args = ap.parse_args(argv)
     if args.quick:
         args.chunk, args.chunks, args.rounds = 100, 1, 1
     from biojax.bench.machine import host_info, jax_info, load_average
 
-    sims = {name: build(b, args.replicas, args.chunk, args.chunks) for name, b in CASES.items()}
-    times = {name: [] for name in CASES}
+    chosen = CASES if args.cases is None else {
+        k: v for k, v in CASES.items()
+        if k == "unbiased" or any(c.strip() == k for c in args.cases.split(";"))}
+    sims = {name: build(b, args.replicas, args.chunk, args.chunks) for name, b in chosen.items()}
+    times = {name: [] for name in chosen}
     compile_s = {}
     load = [load_average()]
     for rnd in range(args.rounds):
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
         load.append(load_average())
     base = statistics.median(times["unbiased"])
     rows = []
-    for name in CASES:
+    for name in chosen:
         t = statistics.median(times[name])
         rows.append({"case": name, "ms_per_step": t * 1e3,
                      "ms_per_replica_step": t * 1e3 / args.replicas,

@@ -84,7 +84,9 @@ def read_run(folder: str) -> list[dict]:
     """Per replica: time (ps), φ, ψ (rad) and bias_logw (0 if unbiased)."""
     out = []
     for path in sorted(glob.glob(os.path.join(folder, "replica_*", "observables.csv"))):
-        data = np.genfromtxt(path, delimiter=",", names=True)
+        data = np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True))
+        if len(data) < 2:       # a run that has only its step-0 row so far
+            continue
         logw = data["bias_logw"] if "bias_logw" in data.dtype.names else np.zeros(len(data))
         out.append({"t": data["time_fs"] / 1000.0, "phi": data["phipsi0"],
                     "psi": data["phipsi1"], "logw": logw})
@@ -149,6 +151,7 @@ def analyze(base: str, skip_ps: float, min_count: int) -> dict:
     runs = {m: read_run(os.path.join(base, m))
             for m in ("reference", "unbiased", "metad", "opes")
             if glob.glob(os.path.join(base, m, "replica_*", "observables.csv"))}
+    runs = {m: reps for m, reps in runs.items() if reps}
     ref_mode = "reference" if "reference" in runs else "unbiased"
     if ref_mode not in runs:
         sys.exit("analyze: no unbiased reference run in " + base)
