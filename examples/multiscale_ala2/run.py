@@ -639,6 +639,28 @@ def read_phipsi(folders, discard_ps: float, max_ps: float | None = None):
     return trajs, ps
 
 
+FINE_BASINS = ("C7eq", "PII", "beta/C5", "alphaR", "phi>0")
+
+
+def fine_basins(phi, psi) -> np.ndarray:
+    """Basin index per sample (φ, ψ in degrees) into :data:`FINE_BASINS`, splitting the
+    β/PII region where water and vacuum differ: φ < 0 with −150° < ψ ≤ 50° is αR; of the
+    rest with φ < 0, φ < −120° is β/C5, else 50° < ψ ≤ 120° is C7eq (held by the
+    intramolecular hydrogen bond) and ψ > 120° or ψ ≤ −150° is PII; φ ≥ 0 (αL, C7ax) is
+    one basin."""
+    phi, psi = np.asarray(phi), np.asarray(psi)
+    out = np.full(phi.shape, 4, np.int32)
+    neg = phi < 0
+    ar = neg & (psi > -150) & (psi <= 50)
+    rest = neg & ~ar
+    out[ar] = 3
+    out[rest & (phi < -120)] = 2
+    mid = rest & (phi >= -120)
+    out[mid & (psi > 50) & (psi <= 120)] = 0
+    out[mid & ~((psi > 50) & (psi <= 120))] = 1
+    return out
+
+
 def stage_analyze(args) -> dict:
     from biojax.analysis.fes import js_divergence
     from biojax.analysis.msm import populations
@@ -703,6 +725,13 @@ def stage_analyze(args) -> dict:
         pp = populations(basin, 4, n_blocks=10, seed=args.seed)
         pops[k] = {b: {"population": float(pp.populations[i]), "error": float(pp.errors[i])}
                    for i, b in enumerate(BASINS)}
+    fine = {}
+    for k, v in list(sets.items()) + ([("ff14SB vacuum (OpenMM)", vo)] if vo is not None
+                                      else []):
+        pp = populations([fine_basins(t[:, 0], t[:, 1]) for t in v], len(FINE_BASINS),
+                         n_blocks=10, seed=args.seed)
+        fine[k] = {b: {"population": float(pp.populations[i]), "error": float(pp.errors[i])}
+                   for i, b in enumerate(FINE_BASINS)}
     names = list(sets)
     if vo is not None:       # not a model under test: a check of the FG model in vacuum
         H["ff14SB vacuum (OpenMM)"] = hist(vo)
@@ -758,7 +787,9 @@ def stage_analyze(args) -> dict:
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "bins": args.bins, "discard_ps": args.discard_ps, "window_ps": window, "basins_definition":
            "degrees; β/PII: φ<0 outside αR; αR: φ<0, −150<ψ≤50; αL: φ≥0, −45≤ψ<120; other",
+           "fine_basins_definition": fine_basins.__doc__.split("\n\n")[0].strip(),
            "sampling": amounts, "jensen_shannon_nats": js, "populations": pops,
+           "populations_fine": fine,
            "hybrid_closer_than_vacuum": verdict}
     for f in ("fit.json", "speed.json"):
         p = os.path.join(args.results, f)
@@ -771,9 +802,10 @@ def stage_analyze(args) -> dict:
     for k, v in js.items():
         log(f"JS {k}: {v['js']:.4f}" + (f" ± {v['bootstrap_std']:.4f}"
                                          if "bootstrap_std" in v else ""))
-    for k, v in pops.items():
-        log(f"{k}: " + ", ".join(f"{b} {x['population']:.3f}±{x['error']:.3f}"
-                                 for b, x in v.items()))
+    for table in (pops, fine):
+        for k, v in table.items():
+            log(f"{k}: " + ", ".join(f"{b} {x['population']:.3f}±{x['error']:.3f}"
+                                     for b, x in v.items()))
     return out
 
 
