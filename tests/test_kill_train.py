@@ -1,4 +1,4 @@
-"""SIGKILL ``biojax train`` at 10 seeded random moments; ``--resume`` each to completion and
+"""SIGKILL ``biojax train`` at 6 seeded random moments; ``--resume`` each to completion and
 compare with an uninterrupted run.
 
 Compared byte for byte: ``model/params.msgpack``, ``model/potential.json`` and
@@ -107,6 +107,9 @@ def kill_and_resume(config, run, after, delay):
 
 
 @pytest.mark.slow
+N_TRIALS = 6  # seeded kill moments, each followed by a resume to completion
+
+
 def test_sigkill_at_random_moments_then_resume_gives_identical_results(
         tmp_path, ethanol_train, ethanol_isolated):
     from ase.io import read, write
@@ -125,14 +128,14 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(
 
     rng = np.random.default_rng(20261130)
     moments = []
-    for trial in range(10):
+    for trial in range(N_TRIALS):
         # trial 0: always during start-up (before the first checkpoint exists)
         after = 0 if trial == 0 else int(rng.integers(0, EPOCHS + 1))
         delay = float(rng.uniform(0.5, 4.0)) if after == 0 else float(rng.uniform(0, 0.05))
         moments.append((after, delay))
     with ThreadPoolExecutor(2) as pool:  # two runs at a time (each is mostly one core)
         results = list(pool.map(lambda i: kill_and_resume(config, tmp_path / f"run{i}",
-                                                          *moments[i]), range(10)))
+                                                          *moments[i]), range(N_TRIALS)))
     killed_at = [state for state, _ in results]
     for trial, (state, resumed) in enumerate(results):
         assert resumed.returncode == 0, (state, resumed.stderr[-2000:])
@@ -144,7 +147,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(
         assert sorted(p.name for p in run.iterdir()) == sorted(
             p.name for p in reference.iterdir()), trial
     kills = [k for k in killed_at if k[1] == -signal.SIGKILL]
-    assert len(kills) >= 8, killed_at  # (a run may rarely finish before its moment)
+    assert len(kills) >= N_TRIALS - 2, killed_at  # (a run may rarely finish before its moment)
     assert any(not k[3] for k in kills), "no kill landed before the first checkpoint"
     assert any(0 < k[2] < EPOCHS for k in kills), "no kill landed mid-training"
     print(f"reference run {reference_seconds:.1f} s; kills ((after lines, delay s), status, "

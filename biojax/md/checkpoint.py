@@ -31,7 +31,7 @@ RESUME_KEYS = ("ensemble", "timestep_fs", "temperature_K", "pressure_bar", "repl
                "seed", "chunk_steps", "observe_every", "frame_every", "trajectory_format",
                "observables_format", "friction_per_ps", "thermostat_tau_fs",
                "barostat_tau_fs", "chain_length", "hydrogen_mass", "energy_terms",
-               "observables", "replica_exchange")
+               "observables", "replica_exchange", "bias", "uncertainty")
 
 
 @dataclasses.dataclass
