@@ -106,10 +106,10 @@ def kill_and_resume(config, run, after, delay):
     return state, resumed
 
 
-@pytest.mark.slow
 N_TRIALS = 6  # seeded kill moments, each followed by a resume to completion
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_identical_results(
         tmp_path, ethanol_train, ethanol_isolated):
     from ase.io import read, write

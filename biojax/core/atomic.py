@@ -110,3 +110,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode())
+
+
+def truncate_jsonl(path: str | os.PathLike, field: str, last: int) -> None:
+    """Keep the lines of a JSON-lines log whose ``field`` is at most ``last`` (the records a
+    checkpoint already covers), dropping later ones and a line cut short by a kill; the
+    file is rewritten atomically. A missing file is left missing."""
+    import json
+
+    if not os.path.exists(path):
+        return
+    keep = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill: it is written again
+            if line.endswith("\n") and record.get(field, 0) <= last:
+                keep.append(line)
+    atomic_write_text(path, "".join(keep))

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from biojax.core.atomic import atomic_write_bytes
+from biojax.core.atomic import atomic_write_bytes, truncate_jsonl
 from biojax.core.errors import ConfigError, DataError
 from biojax.core.progress import progress as progress_bar
 
@@ -69,23 +69,6 @@ def load_checkpoint(path: str, template) -> tuple[Any, dict]:
     return jax.tree_util.tree_map(jax.numpy.asarray, state), progress
 
 
-def _truncate(path: str, last_step: int) -> None:
-    if not os.path.exists(path):
-        return
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # cut short by a kill
-            if line.endswith("\n") and record.get("step", 0) <= last_step:
-                keep.append(line)
-    from biojax.core.atomic import atomic_write_text
-
-    atomic_write_text(path, "".join(keep))
-
-
 def fit(step_fn: Callable, state, n_steps: int, workdir: str, name: str, *, seed: int = 0,
         config: dict | None = None, resume: bool = False, checkpoint_every: int = 200,
         log_every: int = 50, log: Callable[[str], None] = print, progress: bool = True,
@@ -113,7 +96,7 @@ def fit(step_fn: Callable, state, n_steps: int, workdir: str, name: str, *, seed
                              for k, (a, b) in diff.items()) or f"seed was {record.get('seed')}"
             raise ConfigError(f"cannot resume {name} from {ckpt}: {what}; restore the "
                               "settings or start a new run with another --out")
-        _truncate(mlog, record["step"])
+        truncate_jsonl(mlog, "step", record["step"])
         if record["step"] < n_steps:
             log(f"{name}: resuming from step {record['step']}")
     elif os.path.exists(mlog):

@@ -27,7 +27,7 @@ import optax
 from flax import serialization
 
 from biojax import parallel
-from biojax.core.atomic import atomic_write_bytes, atomic_write_text
+from biojax.core.atomic import atomic_write_bytes, atomic_write_text, truncate_jsonl
 from biojax.core.config import to_dict
 from biojax.core.errors import ConfigError, DataError
 from biojax.core.precision import require_x64
@@ -399,23 +399,6 @@ def _check_resume_config(old: dict, new: dict, path: str) -> dict:
     return diff
 
 
-def _truncate_log(path: str, last_epoch: int) -> None:
-    """Drop metric lines written after the checkpoint we resume from (and a line cut
-    short by a kill)."""
-    if not os.path.exists(path):
-        return
-    keep = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill: it is recomputed
-            if line.endswith("\n") and record.get("epoch", 0) <= last_epoch:
-                keep.append(line)
-    atomic_write_text(path, "".join(keep))
-
-
 def _remove_litter(workdir: str) -> None:
     for pattern in _LITTER:
         for path in glob.glob(os.path.join(glob.escape(workdir), pattern)):
@@ -581,7 +564,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
             step = _step_of(state)
             log(f"learning rate: the cosine decay now ends at epoch {t.epochs}; at step "
                 f"{step} it is {lr_schedule.learning_rate(progress['schedule'], t, step, steps_per_epoch):.3g}")
-        _truncate_log(log_path, progress["epoch"])
+        truncate_jsonl(log_path, "epoch", progress["epoch"])
         if progress["epoch"] > 0:  # the checkpoint's best model (a kill may have come
             save_potential(potential.replace(params=best_params), model_dir)  # before it)
         log(f"resuming from epoch {progress['epoch']} ({progress['seconds']:.0f} s trained)")
