@@ -75,9 +75,20 @@ class RunLock:
         os.makedirs(self.folder, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+        # the lock appears with its contents (written to a temporary file, then hard-linked
+        # into place, which fails if the lock exists): another process never reads it empty
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(me, f)
+        try:
+            return self._link(tmp, me)
+        finally:
+            os.remove(tmp)
+
+    def _link(self, tmp: str, me: dict) -> "RunLock":
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self.path)
             except FileExistsError:
                 holder = self._holder()
                 if holder and holder.get("host") == me["host"] and not _pid_alive(
@@ -90,8 +101,10 @@ class RunLock:
                 raise ConfigError(f"{self.folder} is in use by {who}; wait for it to finish "
                                   f"or choose another output directory (lock file "
                                   f"{self.path})") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+            except OSError:  # a file system without hard links: exclusive create, then write
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
             self.held = True
             return self
         raise ConfigError(f"{self.folder}: cannot take the run lock {self.path}")
