@@ -50,10 +50,10 @@ import numpy as np
 
 from biojax.cg.mapping import Mapping, from_groups
 from biojax.core.errors import ConfigError, DataError, ModelError
+from biojax.core.units import COULOMB
 
 COUPLING_FORMAT = "biojax-hybrid-coupling"
 COUPLING_VERSION = 2          # 2: optional solvent screening of the region's Coulomb pairs
-COULOMB_EV_A = 14.399645      # e²/(4π ε0) in eV·Å
 _WATER = ("HOH", "WAT", "SOL", "TIP3", "TIP4", "SPC", "H2O")
 
 
@@ -586,7 +586,7 @@ class CouplingModel:
             return jnp.zeros((), x.dtype)
         pairs = np.asarray(self.screening_pairs, np.float64)
         i, j = pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32)
-        qq = jnp.asarray(pairs[:, 2] * COULOMB_EV_A, x.dtype)
+        qq = jnp.asarray(pairs[:, 2] * COULOMB, x.dtype)
         d = jax.vmap(displacement)(x[i], x[j])
         return params["screening"] * jnp.sum(qq / jnp.sqrt(jnp.sum(d * d, -1)))
 

@@ -22,6 +22,7 @@ KCAL_PER_MOL = _ase.kcal / _ase.mol        # 1 kcal/mol in eV
 KJ_PER_MOL = _ase.kJ / _ase.mol            # 1 kJ/mol in eV
 HARTREE = _ase.Hartree                     # 1 Hartree in eV
 BOHR = _ase.Bohr                           # 1 Bohr in Å
+COULOMB = _ase.Hartree * _ase.Bohr         # e²/(4π ε0) in eV·Å
 
 
 def kT(temperature_K: float) -> float:
