@@ -216,3 +216,21 @@ def test_kabsch_never_returns_a_reflection():
         theirs = md.rmsd(md.Trajectory(p[None] / 10, None),
                          md.Trajectory(mirror[None] / 10, None))[0] * 10
         assert ours > 0.1 and ours == pytest.approx(theirs, abs=1e-4)
+
+
+def test_run_lock_names_its_holder_and_clears_a_killed_runs_litter(tmp_path):
+    """A second lock on a held folder is refused naming the holder; a temporary lock file
+    left by a dead process (killed between writing and linking it) is removed."""
+    import os
+    import socket
+
+    from biojax.core.errors import ConfigError
+    from biojax.core.rundir import LOCK_FILE, RunLock
+
+    litter = tmp_path / f"{LOCK_FILE}.{socket.gethostname()}.999999999.tmp"
+    litter.write_text("{}")
+    with RunLock(tmp_path):
+        assert not litter.exists()
+        with pytest.raises(ConfigError, match=f"process {os.getpid()} on"):
+            RunLock(tmp_path).acquire()
+    assert os.listdir(tmp_path) == []

@@ -77,13 +77,27 @@ class RunLock:
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
         # the lock appears with its contents (written to a temporary file, then hard-linked
         # into place, which fails if the lock exists): another process never reads it empty
-        tmp = f"{self.path}.{os.getpid()}.tmp"
+        self._remove_stale_temporaries()
+        tmp = f"{self.path}.{me['host']}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(me, f)
         try:
             return self._link(tmp, me)
         finally:
             os.remove(tmp)
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``LOCK.HOST.PID.tmp`` files of this host's processes that no longer run
+        (a run killed between writing its temporary lock and linking it into place)."""
+        prefix = f"{os.path.basename(self.path)}.{socket.gethostname()}."
+        for name in os.listdir(self.folder):
+            pid = name[len(prefix):-len(".tmp")] if (
+                name.startswith(prefix) and name.endswith(".tmp")) else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                try:
+                    os.remove(os.path.join(self.folder, name))
+                except FileNotFoundError:
+                    pass
 
     def _link(self, tmp: str, me: dict) -> "RunLock":
         for _ in range(2):

@@ -331,21 +331,20 @@ def sim_config(args, replicas: int, steps: int, periodic: bool):
 
 def dihedral_observables(box) -> dict:
     """``{"phi": fn, "psi": fn}`` (degrees) of the solute (atoms 0..21 of the particles),
-    minimum image in an orthorhombic ``box`` (Å) or free space (None)."""
+    minimum image in an orthorhombic ``box`` (Å) or free space (None): the four atoms are
+    made whole around the first, then :func:`biojax.core.geometry.dihedrals`."""
     import jax.numpy as jnp
+
+    from biojax.core import geometry
 
     L = None if box is None else jnp.asarray(box, jnp.float32)
 
     def dih(R, idx):
-        x = [R[i] for i in idx]
-        b = [x[1] - x[0], x[2] - x[1], x[3] - x[2]]
+        x = R[jnp.asarray(idx)]
         if L is not None:
-            b = [v - L * jnp.round(v / L) for v in b]
-        b0, b1, b2 = -b[0], b[1], b[2]
-        b1n = b1 / jnp.linalg.norm(b1)
-        v = b0 - jnp.dot(b0, b1n) * b1n
-        w = b2 - jnp.dot(b2, b1n) * b1n
-        return jnp.degrees(jnp.arctan2(jnp.dot(jnp.cross(b1n, v), w), jnp.dot(v, w)))
+            d = x - x[0]
+            x = x[0] + d - L * jnp.round(d / L)
+        return jnp.degrees(geometry.dihedrals(x, jnp.array([[0, 1, 2, 3]]))[0])
 
     return {"phi": lambda state, **kw: dih(state.position, PHI),
             "psi": lambda state, **kw: dih(state.position, PSI)}
