@@ -427,7 +427,8 @@ def _read_log(path: str) -> list[dict]:
 
 # ---------------------------------------------------------------- the loop
 def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
-                       log: Callable[[str], None] = print, progress: bool = False) -> dict:
+                       log: Callable[[str], None] = print, progress: bool = False,
+                       initial_params=None) -> dict:
     """Train a potential as ``config`` says; write ``workdir/model/``, ``metrics.json``,
     ``metrics.jsonl``, ``checkpoint.msgpack`` and the plots ``training_curves.png`` and
     ``force_parity.png``. Returns the final metrics. ``progress``: a progress bar on
@@ -436,11 +437,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str, resume: bool = False,
     The directory is locked for the run (a second run there is refused naming this
     one). Without ``resume``, a directory that already holds a run is refused; with it,
     the run continues from its checkpoint (or starts, when a kill came before the first
-    one), and only ``RESUMABLE_KEYS`` may differ from the checkpoint's configuration."""
+    one), and only ``RESUMABLE_KEYS`` may differ from the checkpoint's configuration.
+    ``initial_params``: start from these parameters (a warm start, e.g. the previous model
+    of ``biojax learn``; same architecture and elements) instead of a fresh initialisation."""
     if parallel.process_count() > 1:
         return _train_multiprocess(config, workdir, resume, log, progress)
     with RunLock(workdir, "training run"):
-        return _train(config, workdir, resume, log, progress)
+        return _train(config, workdir, resume, log, progress, initial_params)
 
 
 def _train_multiprocess(config: TrainConfig, workdir: str, resume: bool, log,
@@ -473,7 +476,8 @@ def _train_multiprocess(config: TrainConfig, workdir: str, resume: bool, log,
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: bool) -> dict:
+def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: bool,
+           initial_params=None) -> dict:
     t = config.training
     ckpt_path = os.path.join(workdir, CHECKPOINT_FILE)
     log_path = os.path.join(workdir, METRICS_LOG)
@@ -535,6 +539,14 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
         potential = init_potential(architecture, elements, config.cutoff, reference,
                                    key=jax.random.PRNGKey(t.seed), dtype=dtype, scale=scale,
                                    shifts=shifts)
+    if initial_params is not None:  # warm start: same tree, cast to this run's precision
+        try:
+            potential = potential.replace(params=jax.tree_util.tree_map(
+                lambda x, y: jnp.asarray(x, y.dtype).reshape(y.shape), initial_params,
+                potential.params))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"warm start: the initial parameters do not fit the model "
+                              f"{config.architecture} ({exc})") from None
     datasets = {name: GraphDataset(s, config.cutoff, potential.species_of,
                                    potential.reference_energy, dtype, labels=loss.labels)
                 for name, s in splits.items()}
