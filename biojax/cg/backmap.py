@@ -234,8 +234,9 @@ def make_relax(potential, numbers, matrix, settings: RelaxSettings):
     e_fg = fg_energy_fn(potential, numbers)
     M = jnp.asarray(matrix, jnp.float32)
     k = float(settings.restraint_k)
+    from biojax.md.integrators import fire_move, fire_start
+
     dt0, max_step = settings.dt_fs * FS, settings.max_step
-    dt_max, n_min, f_inc, f_dec, a_start, f_alpha = 10.0 * dt0, 5, 1.1, 0.5, 0.1, 0.99
     fmax2 = settings.fmax ** 2
 
     def parts(x, beads):
@@ -256,30 +257,17 @@ def make_relax(potential, numbers, matrix, settings: RelaxSettings):
             return ~c[-1]
 
         def body(c):
-            x, v, f, e, r, dt, a, n_pos, i, _ = c
+            x, fire, f, e, r, i, _ = c
             (_, (e, r)), g = grad(x, beads)
             f = -g
             stop = (jnp.max(jnp.sum(f * f, -1)) <= fmax2) | (i + 1 >= settings.steps)
-            downhill = jnp.sum(v * f) >= 0
-            f_norm = jnp.sqrt(jnp.sum(f * f)) + 1e-12
-            v = jnp.where(downhill, (1 - a) * v + a * jnp.sqrt(jnp.sum(v * v)) * f / f_norm,
-                          0.0)
-            grow = downhill & (n_pos > n_min)
-            dt = jnp.where(downhill, jnp.where(grow, jnp.minimum(dt * f_inc, dt_max), dt),
-                           dt * f_dec)
-            a = jnp.where(downhill, jnp.where(grow, a * f_alpha, a), a_start)
-            n_pos = jnp.where(downhill, n_pos + 1, 0)
-            v = v + dt * f
-            dr = dt * v
-            longest = jnp.sqrt(jnp.max(jnp.sum(dr * dr, -1)))
-            dr = dr * jnp.minimum(1.0, max_step / jnp.maximum(longest, 1e-12))
+            dr, fire = fire_move(fire, f, 10.0 * dt0, max_step)
             x = jnp.where(stop, x, x + dr)
-            return x, v, f, e, r, dt, a, n_pos, i + 1, stop
+            return x, fire, f, e, r, i + 1, stop
 
         z = jnp.zeros((), x.dtype)
-        c = (x, jnp.zeros_like(x), jnp.zeros_like(x), z, z, jnp.asarray(dt0, x.dtype),
-             jnp.asarray(a_start, x.dtype), jnp.int32(0), jnp.int32(0), jnp.bool_(False))
-        x, v, f, e, r, dt, a, n_pos, i, _ = jax.lax.while_loop(cond, body, c)
+        c = (x, fire_start(x, dt0), jnp.zeros_like(x), z, z, jnp.int32(0), jnp.bool_(False))
+        x, fire, f, e, r, i, _ = jax.lax.while_loop(cond, body, c)
         f_fg = f + k * (M.T @ (M @ x - beads))  # the total less the restraint's force
         return x, e, r, jnp.sqrt(jnp.max(jnp.sum(f * f, -1))), i - 1, f_fg
 

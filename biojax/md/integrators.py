@@ -30,7 +30,7 @@ A user integrator is any such factory, named by import path (``ensemble =
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +86,46 @@ def kinetic_energy(momentum, mass):
 
 def _center(p, mass):
     return p - mass * jnp.sum(p, axis=0) / jnp.sum(mass * jnp.ones_like(p), axis=0)
+
+
+class FireState(NamedTuple):
+    """FIRE's step control: velocity (Å/time, unit masses), time step, mixing α and the
+    count of downhill steps in a row."""
+    velocity: jax.Array
+    dt: jax.Array
+    alpha: jax.Array
+    n_downhill: jax.Array
+
+
+FIRE_ALPHA_START = 0.1
+
+
+def fire_start(forces, dt0: float) -> FireState:
+    """FIRE at rest with time step ``dt0`` (ASE time units)."""
+    return FireState(jnp.zeros_like(forces), jnp.asarray(dt0, forces.dtype),
+                     jnp.asarray(FIRE_ALPHA_START, forces.dtype), jnp.int32(0))
+
+
+def fire_move(s: FireState, forces, dt_max: float, max_step: float):
+    """One FIRE move (Bitzek et al. 2006, as ASE implements it: unit masses, velocity
+    mixing; the step grows ×1.1 after 5 downhill steps up to ``dt_max`` and is halved, with
+    the velocity zeroed, on an uphill step). Returns (displacement (N, 3) Å, capped so no
+    atom moves more than ``max_step`` Å, new FireState)."""
+    n_min, f_inc, f_dec, f_alpha = 5, 1.1, 0.5, 0.99
+    v, dt, a, n_pos = s
+    f = forces
+    downhill = jnp.sum(v * f) >= 0
+    f_norm = jnp.sqrt(jnp.sum(f * f)) + 1e-12
+    v = jnp.where(downhill, (1 - a) * v + a * jnp.sqrt(jnp.sum(v * v)) * f / f_norm, 0.0)
+    grow = downhill & (n_pos > n_min)
+    dt = jnp.where(downhill, jnp.where(grow, jnp.minimum(dt * f_inc, dt_max), dt), dt * f_dec)
+    a = jnp.where(downhill, jnp.where(grow, a * f_alpha, a), FIRE_ALPHA_START)
+    n_pos = jnp.where(downhill, n_pos + 1, 0)
+    v = v + dt * f
+    dr = dt * v
+    longest = jnp.sqrt(jnp.max(jnp.sum(dr * dr, -1)))
+    dr = dr * jnp.minimum(1.0, max_step / jnp.maximum(longest, 1e-12))
+    return dr, FireState(v, dt, a, n_pos)
 
 
 def maxwell_boltzmann(key, mass, kT, shape, dtype, remove_com: bool):

@@ -41,7 +41,7 @@ from biojax.core.units import FS, KB
 from biojax.md import checkpoint, engine, output
 from biojax.md.checkpoint import RunState
 from biojax.md.config import SimulateConfig, Units
-from biojax.md.integrators import build_integrator
+from biojax.md.integrators import build_integrator, fire_move, fire_start
 from biojax.md.system import (cell_of, check_atoms, covalent_bonds, make_space,
                               neighbor_box, repartitioned_masses, to_cartesian, to_internal)
 from biojax.md.uncertainty import monitor_from_config
@@ -191,16 +191,14 @@ class Simulation:
                   ) -> list[np.ndarray]:
         """FIRE descent until max |F| < minimize_fmax eV/Å or minimize_steps, then checked.
 
-        FIRE (Bitzek et al. 2006, as ASE implements it: unit masses, velocity mixing, the
-        time step grows ×1.1 after 5 downhill steps up to 10 × ``minimize_dt_fs`` and is
-        halved, with the velocities zeroed, on an uphill step) with its own step control:
-        no atom moves more than ``minimize_max_step`` Å per step. The MD time step plays
+        FIRE (:func:`biojax.md.integrators.fire_move`; the time step grows up to
+        10 × ``minimize_dt_fs``) with its own step control: no atom moves more than
+        ``minimize_max_step`` Å per step. The MD time step plays
         no part (taken from it, FIRE blew alanine dipeptide apart from 3 fs up). Raises
         SimulationError, naming the energies, when the energy did not go down or a
         covalent bond of the start broke (``check_bonds``)."""
         cfg = self.cfg
         dt0, max_step = cfg.minimize_dt_fs * FS, cfg.minimize_max_step
-        dt_max, n_min, f_inc, f_dec, a_start, f_alpha = 10.0 * dt0, 5, 1.1, 0.5, 0.1, 0.99
         fmax2 = cfg.minimize_fmax ** 2
         energy_fn, shift_fn = self.energy_fn, self.space.shift_fn
 
@@ -212,34 +210,20 @@ class Simulation:
                 return e, -g
 
             def cond(c):
-                R, v, f, e, nbrs, dt, a, n_pos, i = c
+                R, fire, f, e, nbrs, i = c
                 return (i < cfg.minimize_steps) & (jnp.max(jnp.sum(f * f, -1)) > fmax2)
 
             def body(c):
-                R, v, f, e, nbrs, dt, a, n_pos, i = c
-                vf = jnp.sum(v * f)
-                downhill = vf >= 0
-                f_norm = jnp.sqrt(jnp.sum(f * f)) + 1e-12
-                v = jnp.where(downhill, (1 - a) * v + a * jnp.sqrt(jnp.sum(v * v)) * f / f_norm,
-                              0.0)
-                grow = downhill & (n_pos > n_min)
-                dt = jnp.where(downhill, jnp.where(grow, jnp.minimum(dt * f_inc, dt_max), dt),
-                               dt * f_dec)
-                a = jnp.where(downhill, jnp.where(grow, a * f_alpha, a), a_start)
-                n_pos = jnp.where(downhill, n_pos + 1, 0)
-                v = v + dt * f
-                dr = dt * v
-                longest = jnp.sqrt(jnp.max(jnp.sum(dr * dr, -1)))
-                dr = dr * jnp.minimum(1.0, max_step / jnp.maximum(longest, 1e-12))
+                R, fire, f, e, nbrs, i = c
+                dr, fire = fire_move(fire, f, 10.0 * dt0, max_step)
                 R = shift_fn(R, dr, **({} if box is None else {"box": box}))
                 nbrs = nbrs.update(R, **({} if box is None else {"box": box}))
                 e, f = energy_force(R, nbrs)
-                return R, v, f, e, nbrs, dt, a, n_pos, i + 1
+                return R, fire, f, e, nbrs, i + 1
 
             e0, f0 = energy_force(R, nbrs)
-            c = (R, jnp.zeros_like(f0), f0, e0, nbrs, jnp.asarray(dt0, f0.dtype),
-                 jnp.asarray(a_start, f0.dtype), jnp.int32(0), jnp.int32(0))
-            R, v, f, e, nbrs, dt, a, n_pos, i = jax.lax.while_loop(cond, body, c)
+            c = (R, fire_start(f0, dt0), f0, e0, nbrs, jnp.int32(0))
+            R, fire, f, e, nbrs, i = jax.lax.while_loop(cond, body, c)
             return R, nbrs, e0, e, i, jnp.sqrt(jnp.max(jnp.sum(f * f, -1)))
 
         box = jnp.stack([b["box"] for b in boxes]) if boxes[0] else None
