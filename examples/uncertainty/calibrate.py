@@ -8,7 +8,7 @@ the force-uncertainty scale on the validation set (maximum likelihood) and repor
 test set: force MAE, miscalibration area before/after scaling, Gaussian NLL, and the
 Spearman correlation between per-structure predicted uncertainty (mean and max per-atom
 force std) and the actual per-structure force RMSE. Writes ``results.json`` and
-``calibration.png`` into ``--out`` (default examples/uncertainty/results).
+``calibration_<sets>.png`` into ``--out`` (default examples/uncertainty/results).
 
     python examples/uncertainty/calibrate.py [--epochs ethanol=25,ala2_xtb=15]
         [--members 4] [--work DIR]
@@ -158,7 +158,8 @@ def main(argv=None):
         ax.set_ylabel("observed fraction (test set)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(os.path.join(args.out, "calibration.png"), dpi=120)
+        fig.savefig(os.path.join(args.out, f"calibration_{args.sets.replace(',', '_')}.png"),
+                    dpi=120)
     return results
 
 
