@@ -283,6 +283,31 @@ def test_exchange_acceptance_matches_analytic():
     assert np.all(np.abs(prob - want) < 0.02), (prob, want)
 
 
+def test_scaled_bias_reports_its_scaled_energy_and_log_weight():
+    """With a bias-scale ladder a slot applies λV, so its observed energies and its
+    unbiasing log-weight bias_logw are λ times the inner bias's; the CV column is not."""
+    import jax.numpy as jnp
+
+    from biojax.md.terms import System, observe_terms
+    from biojax.sampling.bias import restraint
+    from biojax.sampling.exchange import scaled_terms
+
+    R = jnp.asarray([[0.0, 0.0, 0.0], [1.5, 0.0, 0.0]])
+    system = System(np.array([18, 18]), np.ones(2), lambda a, b, **kw: a - b, False)
+    inner = restraint(system, None, cv=[{"name": "distance", "atoms": [0, 1]}],
+                      kappa=2.0, center=1.0, label="u")
+    (term,) = scaled_terms([inner])
+    state = (jnp.float32(0.25), inner.init(R))
+    got = observe_terms([term], (state,), R)
+    ref = inner.observe(R, state[1])
+    for k in ("bias_energy", "bias_logw", "u.energy"):
+        np.testing.assert_allclose(got[k], 0.25 * ref[k], rtol=1e-6)
+        assert abs(float(ref[k])) > 0
+    np.testing.assert_allclose(got["u.cv"], ref["u.cv"])
+    np.testing.assert_allclose(float(term.energy(R, state)), 0.25 * float(ref["u.energy"]),
+                               rtol=1e-6)
+
+
 def test_parallel_tempering_resumes_identically_and_samples_each_slot(tmp_path):
     """A PT run killed after 4 chunks and resumed writes the same files and statistics
     as an uninterrupted one; every slot samples its own temperature (<V> = 3 kT_k)."""

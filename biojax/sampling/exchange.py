@@ -49,11 +49,20 @@ from biojax.md.terms import EnergyTerm
 STATS_FILE = "replica_exchange.json"
 
 
+def _scaled_columns(columns: dict, lam) -> dict:
+    """A scaled term's observed columns: the energies it applies (``bias_energy``,
+    ``L.energy``, eV) and the unbiasing log-weight ``bias_logw`` are λ times the inner
+    term's (the slot samples exp(−β(U + λV)), so its frames are unbiased by
+    exp(βλ(V − c))); CV values and bias-state columns are unchanged."""
+    return {k: v * lam if (k in ("bias_energy", "bias_logw") or k.endswith(".energy"))
+            else v for k, v in columns.items()}
+
+
 def scaled_terms(terms: Sequence[EnergyTerm]) -> list[EnergyTerm]:
     """Each energy term multiplied by a per-replica factor λ kept in its state, which
     becomes ``(λ, inner state)`` (λ = 1 after ``init``; the exchange sets it per slot).
     Optional ``observe``/``sync`` fields of a term (``biojax.sampling.bias``) are passed
-    to the inner state."""
+    to the inner state; the observed energies and ``bias_logw`` are scaled by λ."""
     out = []
     for t in terms:
         def energy(R, s, _t=t, **kw):
@@ -71,7 +80,8 @@ def scaled_terms(terms: Sequence[EnergyTerm]) -> list[EnergyTerm]:
             if fn is None:
                 continue
             if name == "observe":
-                extra[name] = (lambda R, s, _fn=fn, **kw: _fn(R, s[1], **kw))
+                extra[name] = (lambda R, s, _fn=fn, **kw: _scaled_columns(
+                    _fn(R, s[1], **kw), s[0]))
             else:
                 extra[name] = (lambda s, _fn=fn: (s[0], _fn(s[1])))
         out.append(t._replace(energy=energy, init=init, update=update, **extra))
