@@ -179,6 +179,50 @@ def test_opes_equals_plumed_on_a_cv_series(tmp_path, variant, action, rtol):
                                atol=rtol * np.abs(ref).max())
 
 
+def test_opes_multiple_walkers_share_one_estimate():
+    """OPES with walkers = "shared": after a merge every replica carries one estimate made
+    of both walkers' kernels (no compression here) with their weights summed, and its bias
+    equals the OPES formula V = (1 − 1/γ) β⁻¹ log(P/Z + ε) evaluated directly from the
+    kernels the walkers logged."""
+    T, barrier, gamma = 300.0, 0.2, 5.0
+    term = B.opes(free_system(2), {"temperature_K": T, "replicas": 2},
+                  cv=[{"name": "distance", "atoms": [0, 1]}], sigma=0.2, barrier=barrier,
+                  bias_factor=gamma, pace=1, compression_threshold=0.0, max_kernels=32,
+                  walkers="shared")
+    pos = lambda r: jnp.asarray([[0.0, 0.0, 0.0], [r, 0.0, 0.0]])   # noqa: E731
+    series = np.array([[3.0, 3.1, 3.3, 3.2, 3.5], [4.0, 4.2, 3.9, 4.4, 4.1]])
+    states = jax.vmap(term.init)(jnp.stack([pos(3.0), pos(4.0)]))
+    update = jax.jit(jax.vmap(term.update))
+    for t in range(series.shape[1]):
+        states = update(states, jnp.stack([pos(x) for x in series[:, t]]))
+    local_w = np.asarray(states["sum_w"])
+    log = jax.tree_util.tree_map(np.asarray, states["log"])
+    merged = jax.jit(term.sync)(states)
+    for key in ("centers", "heights", "n", "sum_w", "zed"):
+        np.testing.assert_array_equal(merged[key][0], merged[key][1])
+    assert int(merged["n"][0]) == int(merged["n_dep"][0]) == 10
+    np.testing.assert_allclose(float(merged["sum_w"][0]), local_w.sum(), rtol=1e-6)
+    assert int(merged["log"]["n"][0]) == 0
+    # the OPES formula from the logged kernels
+    beta = 1.0 / (KB * T)
+    pref = 1.0 - 1.0 / gamma
+    eps, cut2 = np.exp(-beta * barrier / pref), 2.0 * beta * barrier / pref
+    c = np.concatenate([log["centers"][r, :5, 0] for r in range(2)])
+    sg = np.concatenate([log["sigmas"][r, :5, 0] for r in range(2)])
+    h = np.concatenate([log["heights"][r, :5] for r in range(2)])
+
+    def prob(x):
+        q = ((x - c) / sg) ** 2
+        return np.sum(h * np.where(q < cut2, np.exp(-0.5 * q) - np.exp(-0.5 * cut2), 0.0)) \
+            / local_w.sum()
+
+    zed = np.mean([prob(x) for x in c])
+    for x in (3.05, 3.6, 4.25):
+        want = pref / beta * np.log(prob(x) / zed + eps)
+        got = float(term.energy(pos(x), jax.tree_util.tree_map(lambda a: a[0], merged)))
+        assert abs(got - want) < 1e-5, (x, got, want)
+
+
 # ---------------------------------------------------------------------- forces, CVs
 def _fd_check(energy, state, x, eps=1e-5, n=4, seed=0):
     """The autodiff gradient of energy(x, state) along random directions equals central

@@ -546,7 +546,8 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
          pace: int = 500, bias_factor: float | None = None, variant: str = "standard",
          compression_threshold: float = 1.0, max_kernels: int = 2000,
          fixed_sigma: bool = False, epsilon: float | None = None,
-         temperature_K: float | None = None, label: str | None = None) -> EnergyTerm:
+         walkers: str = "independent", temperature_K: float | None = None,
+         label: str | None = None) -> EnergyTerm:
     """OPES (on-the-fly probability enhanced sampling; Invernizzi & Parrinello, J. Phys.
     Chem. Lett. 11, 2731 (2020); explore: Invernizzi, Piaggi & Parrinello, PRX 12,
     041034 (2022)), on any number of CVs.
@@ -566,6 +567,20 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
     CV series against PLUMED's. At most ``max_kernels`` kernels: when full, new ones
     merge into the nearest (``L.n_kernels`` shows it). Before the first kernel V = −ΔE
     (a constant). In float32 βΔE must stay below ~35 (the sums of exp(βV)).
+
+    ``walkers = "shared"``: multiple walkers (one per replica) build one bias, as
+    PLUMED's OPES with WALKERS_MPI but merged once per chunk (as metad's shared walkers):
+    between merges each walker deposits into its own copy and logs its new kernels
+    (centre, σ, height); after every chunk the shared estimate is the one at the last
+    merge plus every walker's logged kernels, added in replica order with the same
+    compression, and Σw, Σw², n are summed; all replicas then carry it. The log holds
+    ``max_kernels`` kernels per walker per chunk (``L.dropped`` counts any beyond).
+
+    Thermostat: each deposition raises the bias under the walker, i.e. does work on the
+    system (with barrier 0.4 eV, pace 50 fs, ~0.9 eV/ps on alanine dipeptide); a weak
+    thermostat (Langevin 1/ps) cannot remove it and the replicas run hot (400+ K at
+    300 K), which biases the reweighted free energy. Use a strong thermostat (Langevin
+    friction ~10/ps) and/or a slower pace; ``examples/enhanced_sampling_ala2`` measures it.
     """
     ctx = _context(context)
     cvs = cvs_from_tables(cv, system, "bias opes: cv")
@@ -586,6 +601,10 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
     if not (isinstance(max_kernels, int) and max_kernels >= 2):
         raise ConfigError(f"bias opes: max_kernels must be an integer >= 2, got "
                           f"{max_kernels!r}")
+    if walkers not in ("independent", "shared"):
+        raise ConfigError(f"bias opes: walkers must be 'independent' or 'shared', got "
+                          f"{walkers!r}")
+    shared = walkers == "shared"
     T = temperature_K or ctx.temperature_K
     beta = _beta(T)
     gamma = beta * barrier if bias_factor is None else float(bias_factor)
@@ -628,14 +647,27 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
     def energy(R, state, **kw):
         return bias_value(state, _cv_values(cvs, R, kw))
 
+    KERNEL_KEYS = ("centers", "sigmas", "heights", "uprob", "n")
+    SUM_KEYS = ("n_dep", "sum_w", "sum_w2")
+
     def init(R):
-        return {"centers": jnp.zeros((K, d)),
-                "sigmas": jnp.ones((K, d)),
-                "heights": jnp.zeros((K,)),
-                "uprob": jnp.zeros((K,)),  # Σ_j h_j G_j(c_k) per kernel k
-                "n": jnp.int32(0), "n_dep": jnp.int32(0), "count": jnp.int32(0),
-                "sum_w": jnp.zeros(()), "sum_w2": jnp.zeros(()),
-                "zed": jnp.ones(())}
+        state = {"centers": jnp.zeros((K, d)),
+                 "sigmas": jnp.ones((K, d)),
+                 "heights": jnp.zeros((K,)),
+                 "uprob": jnp.zeros((K,)),  # Σ_j h_j G_j(c_k) per kernel k
+                 "n": jnp.int32(0), "n_dep": jnp.int32(0), "count": jnp.int32(0),
+                 "sum_w": jnp.zeros(()), "sum_w2": jnp.zeros(()),
+                 "zed": jnp.ones(())}
+        if shared:   # the estimate at the last merge, and this walker's kernels since
+            state["base"] = {k: state[k] for k in KERNEL_KEYS + SUM_KEYS}
+            state["log"] = {"centers": jnp.zeros((K, d)), "sigmas": jnp.ones((K, d)),
+                            "heights": jnp.zeros((K,)), "n": jnp.int32(0)}
+            state["dropped"] = jnp.int32(0)
+        return state
+
+    def zed_of(kt, n_dep, sum_w):
+        return jnp.sum(kt["uprob"]) / jnp.maximum(kt["n"], 1).astype(jnp.float32) / (
+            n_dep.astype(jnp.float32) if explore else sum_w)
 
     def deposit(state, s):
         v = bias_value(state, s)
@@ -649,13 +681,21 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
         else:
             sg = s0 * (neff * (d + 2) / 4.0) ** (-1.0 / (d + 4))
         h = w * jnp.prod(s0 / sg)
-        kt = {k: state[k] for k in ("centers", "sigmas", "heights", "uprob", "n")}
+        kt = {k: state[k] for k in KERNEL_KEYS}
         kt = add_kernel(kt, s, sg, h)
-        n2 = kt["n"]
-        zed = jnp.sum(kt["uprob"]) / n2.astype(jnp.float32) / (
-            n_dep.astype(jnp.float32) if explore else sum_w)
-        return {**state, **kt, "n_dep": n_dep, "sum_w": sum_w, "sum_w2": sum_w2,
-                "zed": zed}
+        out = {**state, **kt, "n_dep": n_dep, "sum_w": sum_w, "sum_w2": sum_w2,
+               "zed": zed_of(kt, n_dep, sum_w)}
+        if shared:
+            log, j = state["log"], state["log"]["n"]
+            full = j >= K
+            j = jnp.minimum(j, K - 1)
+            keep = lambda new, old: jnp.where(full, old, new)   # noqa: E731
+            out["log"] = {"centers": keep(log["centers"].at[j].set(s), log["centers"]),
+                          "sigmas": keep(log["sigmas"].at[j].set(sg), log["sigmas"]),
+                          "heights": keep(log["heights"].at[j].set(h), log["heights"]),
+                          "n": log["n"] + jnp.where(full, 0, 1)}
+            out["dropped"] = state["dropped"] + full.astype(jnp.int32)
+        return out
 
     def remove(kt, j):
         """Drop kernel j: its share of every Σ_j h_j G_j(c_k), then the last kernel
@@ -724,9 +764,48 @@ def opes(system: System, context=None, cv=(), sigma=None, barrier: float | None 
                 (1 + state["sum_w"]) ** 2 / (1 + state["sum_w2"]))
         out.update({f"{lab}.logZ": jnp.log(state["zed"]), f"{lab}.n_kernels": state["n"],
                     f"{lab}.neff": neff})
+        if shared:
+            out[f"{lab}.dropped"] = state["dropped"]
         return out
 
-    return EnergyTerm(energy, init, update, observe)
+    def sync(states):
+        """Multiple walkers: the estimate at the last merge plus every replica's logged
+        kernels (replica order), sums added; broadcast to all replicas."""
+        if not shared:
+            return states
+        R = states["count"].shape[0]
+        base = jax.tree_util.tree_map(lambda x: x[0], states["base"])
+        log = states["log"]
+        flat_c = log["centers"].reshape(R * K, d)
+        flat_s = log["sigmas"].reshape(R * K, d)
+        flat_h = log["heights"].reshape(R * K)
+        valid = (jnp.arange(K)[None, :] < log["n"][:, None]).reshape(-1)
+        order = jnp.argsort(jnp.logical_not(valid), stable=True)   # valid first, in order
+        n_new = jnp.sum(valid)
+
+        def body(carry):
+            i, kt = carry
+            k = order[i]
+            return i + 1, add_kernel(kt, flat_c[k], flat_s[k], flat_h[k])
+
+        kt = {k: base[k] for k in KERNEL_KEYS}
+        _, kt = jax.lax.while_loop(lambda c: c[0] < n_new, body, (jnp.int32(0), kt))
+        sums = {k: base[k] + jnp.sum(states[k] - states["base"][k], axis=0)
+                for k in SUM_KEYS}
+        merged = {**kt, **sums, "zed": jnp.where(kt["n"] > 0,
+                                                 zed_of(kt, sums["n_dep"], sums["sum_w"]),
+                                                 base_zed(states))}
+        merged["base"] = {k: merged[k] for k in KERNEL_KEYS + SUM_KEYS}
+        merged["log"] = {"centers": jnp.zeros((K, d)), "sigmas": jnp.ones((K, d)),
+                         "heights": jnp.zeros((K,)), "n": jnp.int32(0)}
+        out = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (R,) + jnp.shape(x)),
+                                     merged)
+        return {**out, "count": states["count"], "dropped": states["dropped"]}
+
+    def base_zed(states):
+        return states["zed"][0]
+
+    return EnergyTerm(energy, init, update, observe, sync)
 
 
 def explore_ok(variant: str) -> bool:
