@@ -14,13 +14,14 @@ from biojax.core.errors import BiojaxError
 
 # the order of ``biojax --help``: stage names, and the non-stage commands' register functions
 _ORDER = ("run", "sample", "label", "train", "evaluate", "simulate", "analyze",
-          "coarse-grain", "backmap", "generate", "explain", "bench")
+          "coarse-grain", "backmap", "generate", "explain", "learn", "bench")
 _COMMANDS = {"run": "biojax.pipeline:register",
              "label": "biojax.data.stage:register_label",
              "evaluate": "biojax.train.stage:register_evaluate",
              "backmap": "biojax.cg.backmap:register",
              "generate": "biojax.generative.stage:register",
              "explain": "biojax.generative.explain_stage:register",
+             "learn": "biojax.learn.stage:register",
              "bench": "biojax.bench:register"}
 
 
