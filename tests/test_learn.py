@@ -59,7 +59,27 @@ def _params(folder):
     return jax.tree_util.tree_leaves(load_potential(os.path.join(folder, "model")).params)
 
 
-def test_a_resumed_loop_equals_an_uninterrupted_one(cu4, tmp_path):
+@pytest.fixture
+def compile_cache(tmp_path):
+    """JAX's persistent compilation cache in tmp_path for one test: the second run's
+    programs (and iteration 1's, same shapes) load instead of compiling again (this test
+    checks results, not compilation); restored afterwards."""
+    from jax._src import compilation_cache as cc
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    old = {k: getattr(jax.config, k) for k in keys}
+    cc.reset_cache()
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+def test_a_resumed_loop_equals_an_uninterrupted_one(cu4, tmp_path, compile_cache):
     cfg = config_from_dict(_config(cu4))
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     res_a = run(cfg, a, log=lambda *_: None)
