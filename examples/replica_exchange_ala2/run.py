@@ -133,6 +133,56 @@ def populations(labels: list[np.ndarray], weights: list[np.ndarray] | None = Non
             for i, n in enumerate(names)}
 
 
+def side_of(ang: np.ndarray) -> np.ndarray:
+    """1 on the αL/C7ax side (0° < φ < 150°), 0 on the C7eq/C5/αR side (the rest); the
+    two sides are separated by the high φ barriers near 0° and 150°."""
+    return ((ang[:, 0] > 0.0) & (ang[:, 0] < 150.0)).astype(int)
+
+
+def conditional(labels: list[np.ndarray], sides: list[np.ndarray], per_replica: bool,
+                n_blocks: int = 5) -> dict:
+    """Basin populations within each φ side (given the side), pooled over trajectories.
+    Errors: ``per_replica`` — the spread of the trajectories' own populations (frame-count
+    weighted, trajectories with ≥ 20 frames on that side; independent replicas),
+    otherwise blocks as in :func:`populations`."""
+    names = list(BASINS) + ["other"]
+    out = {}
+    for side, key in ((0, "C7eq_C5_side"), (1, "alphaL_C7ax_side")):
+        labs = [lab[sd == side] for lab, sd in zip(labels, sides)]
+        n = sum(len(x) for x in labs)
+        if n == 0:
+            out[key] = None
+            continue
+        h = sum(np.bincount(x, minlength=len(names)) for x in labs) / n
+        if per_replica:
+            used = [x for x in labs if len(x) >= 20]
+            p = np.array([np.bincount(x, minlength=len(names)) / len(x) for x in used])
+            w = np.array([len(x) for x in used], float)
+            if len(used) >= 2:
+                var = np.sum(w[:, None] ** 2 * (p - h) ** 2, 0) / np.sum(w) ** 2
+                err = np.sqrt(var * len(used) / (len(used) - 1))
+            else:
+                err = np.full(len(names), np.nan)
+        else:
+            blocks = []
+            for b in range(n_blocks):
+                part = [x[np.array_split(np.arange(len(x)), n_blocks)[b]] for x in labs]
+                m = sum(len(x) for x in part)
+                if m:
+                    blocks.append(sum(np.bincount(x, minlength=len(names)) for x in part) / m)
+            err = np.std(blocks, axis=0, ddof=1) / np.sqrt(len(blocks))
+        out[key] = {"frames": int(n), **{nm: {"population": float(h[i]),
+                                              "error": float(err[i])}
+                                         for i, nm in enumerate(names) if h[i] > 0 or
+                                         nm in ("C7eq", "C5", "C7ax")}}
+    return out
+
+
+def side_crossings(sides: list[np.ndarray]) -> int:
+    """Number of changes of φ side over all trajectories (frame to frame)."""
+    return int(sum(np.sum(np.abs(np.diff(sd))) for sd in sides))
+
+
 def analyze(args) -> dict:
     import csv
 
@@ -186,6 +236,35 @@ def analyze(args) -> dict:
             plain_ang.append(a), plain_lab.append(basin_of(a))
             plain_energy.append(float(np.mean(energies(folder(plain_dir, r, Rp), steps))))
     plain = populations(plain_lab) if plain_lab else None
+    # within each φ side (plain MD mixes within a side in ps, but crosses between sides
+    # rarely: its side populations are those of its starts): conditional populations,
+    # PT 300 K rung (block errors) vs plain (spread over replicas), z-scores
+    pt_sides = [side_of(ang[i]) for i in low]
+    plain_sides = [side_of(a) for a in plain_ang]
+    cond_pt = conditional([lab[i] for i in low], pt_sides, per_replica=False)
+    cond_plain = conditional(plain_lab, plain_sides, per_replica=True) if plain_lab else None
+    cond_cmp = {}
+    if cond_plain:
+        for key, d_pt in cond_pt.items():
+            d_pl = cond_plain.get(key)
+            if not d_pt or not d_pl:
+                continue
+            cond_cmp[key] = {}
+            for nm in d_pt:
+                if nm == "frames" or nm not in d_pl:
+                    continue
+                diff = d_pt[nm]["population"] - d_pl[nm]["population"]
+                sig = float(np.hypot(d_pt[nm]["error"], d_pl[nm]["error"]))
+                cond_cmp[key][nm] = {"difference": diff, "sigma": sig,
+                                     "z": diff / sig if sig > 0 else None}
+    side_share = {
+        "pt_lowest_rung": float(np.mean(np.concatenate(pt_sides))),
+        "pt_mbar": float(np.sum(w0[np.concatenate([side_of(a) for a in [ang_all]])
+                                   == 1])),
+        "plain": float(np.mean(np.concatenate(plain_sides))) if plain_sides else None,
+        "plain_replicas_on_alphaL_side_at_start": [int(sd[0]) for sd in plain_sides],
+        "plain_side_crossings": side_crossings(plain_sides) if plain_sides else None,
+        "pt_lowest_rung_side_crossings": side_crossings(pt_sides)}
     compare = {}
     if plain:
         for n in names:
@@ -232,6 +311,9 @@ def analyze(args) -> dict:
         "mbar": {"f_k": mb.f_k.tolist(), "df_k": mb.df_k.tolist(), "seconds": mbar_s,
                  "effective_samples_t_min": fe.effective_sample_size(mb.log_w_nk[:, 0])},
         "plain": plain, "pt_minus_plain": compare,
+        "alphaL_C7ax_side_share": side_share,
+        "conditional_on_side": {"pt_lowest_rung": cond_pt, "plain": cond_plain,
+                                "pt_minus_plain": cond_cmp},
         # diagnostic: frames with |phi| < 30 degrees (eclipsed backbone; high in energy for
         # real alanine dipeptide) and the mean potential energy (eV) per trajectory
         "phi_near_0": {
