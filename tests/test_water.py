@@ -155,3 +155,24 @@ def test_shipped_water_data():
         assert abs(ref["runs"][key]["density_g_cm3"] - 1.012) < 0.03, ref["runs"][key]
     r, g = np.array(ref["rdf_OO"]["r_A"]), np.array(ref["rdf_OO"]["g_216"])
     assert 2.6 < r[np.argmax(g)] < 3.0 and 2.5 < g.max() < 4.0  # the first O–O peak
+
+
+def test_periodic_edges_equal_ase():
+    """The all-pairs periodic search finds ASE's pairs and shifts: triclinic cells, atoms
+    outside the cell, cells narrower than the cutoff (several images per pair)."""
+    from ase.neighborlist import primitive_neighbor_list
+
+    from biojax.data.graphs import periodic_edges
+
+    rng = np.random.default_rng(0)
+    for n, length, cutoff in ((5, 5.0, 3.0), (7, 3.0, 4.0), (40, 9.0, 5.0)):
+        cell = length * np.eye(3) + rng.uniform(-0.3, 0.3, (3, 3)) * length * (1 - np.eye(3))
+        pos = rng.uniform(-1, 2, (n, 3)) @ cell
+        e = periodic_edges(pos, cell, cutoff)
+        i, j, S = primitive_neighbor_list("ijS", [True] * 3, cell, pos, cutoff,
+                                          self_interaction=False)
+        ours = set(zip(e.senders, e.receivers, map(tuple, np.round(e.shifts, 6))))
+        theirs = set(zip(i, j, map(tuple, np.round(S @ cell, 6))))
+        assert ours == theirs and len(ours) == len(e.senders) > n
+        d = pos[e.receivers] - pos[e.senders] + e.shifts
+        assert np.all(np.linalg.norm(d, axis=1) < cutoff)

@@ -49,13 +49,27 @@ class GraphBatch(NamedTuple):
     has_label: dict = {}  # name -> (G,) or (N,) bool: where that label is present
 
 
+#: the largest N² × images of a periodic structure searched by all pairs (numpy, in
+#: blocks of one image); larger ones go to ASE's binned search
+_ALL_PAIRS_LIMIT = 4e6
+
+
 def find_edges(structure: Structure, cutoff: float) -> Edges:
-    """All ordered pairs (i, j), i ≠ j or a periodic image, closer than ``cutoff`` Å."""
+    """All ordered pairs (i, j), i ≠ j or a periodic image, closer than ``cutoff`` Å.
+
+    Fully periodic structures of up to a few thousand atoms are searched over all pairs
+    and periodic images with numpy (:func:`periodic_edges`, sorted by i, j, image; ~10×
+    faster than ASE's binned search on a 192-atom water box); the others (molecules,
+    mixed periodicity, large cells) go through ASE's ``primitive_neighbor_list``."""
     from ase.neighborlist import primitive_neighbor_list
 
     cell = structure.cell
     pbc = structure.pbc
     positions = structure.positions
+    if np.all(pbc):
+        n_images = np.prod(2 * _image_range(cell, cutoff) + 1)
+        if len(positions) ** 2 * n_images <= _ALL_PAIRS_LIMIT:
+            return periodic_edges(positions, cell, cutoff)
     if not structure.periodic:
         # a finite box that encloses the molecule; no images are generated without pbc
         span = positions.max(0) - positions.min(0) + 2 * cutoff + 1.0
@@ -64,6 +78,51 @@ def find_edges(structure: Structure, cutoff: float) -> Edges:
                                       self_interaction=False)
     shifts = S @ cell if structure.periodic else np.zeros((len(i), 3))
     return Edges(i.astype(np.int32), j.astype(np.int32), shifts.astype(np.float64))
+
+
+def _image_range(cell: np.ndarray, cutoff: float) -> np.ndarray:
+    """Per lattice vector, how many cells a pair within ``cutoff`` Å can be apart when
+    both atoms are wrapped into the cell: ceil(cutoff / perpendicular width)."""
+    cell = np.asarray(cell, np.float64)
+    volume = abs(np.linalg.det(cell))
+    widths = np.array([volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3]))
+                       for k in range(3)])
+    return np.ceil(cutoff / widths).astype(int)
+
+
+def periodic_edges(positions: np.ndarray, cell: np.ndarray, cutoff: float) -> Edges:
+    """Edges of a fully periodic structure by all pairs × all periodic images that can
+    be within ``cutoff`` Å (any cell shape, cells narrower than the cutoff included),
+    sorted by sender, receiver and image. Same pairs and shifts as ASE's
+    ``primitive_neighbor_list`` (tested); shifts refer to the positions as given."""
+    positions = np.asarray(positions, np.float64)
+    cell = np.asarray(cell, np.float64)
+    frac = positions @ np.linalg.inv(cell)
+    offset = np.floor(frac)
+    wrapped = (frac - offset) @ cell  # positions = wrapped + offset @ cell
+    delta = wrapped[None, :, :] - wrapped[:, None, :]  # (i, j): w_j - w_i
+    n = _image_range(cell, cutoff)
+    images = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"),
+                      -1).reshape(-1, 3)
+    c2 = cutoff * cutoff
+    found_i, found_j, found_s = [], [], []
+    for image in images:
+        d = delta + image @ cell
+        r2 = np.einsum("ijk,ijk->ij", d, d)
+        close = r2 < c2
+        if not image.any():
+            np.fill_diagonal(close, False)
+        i, j = np.nonzero(close)
+        found_i.append(i)
+        found_j.append(j)
+        found_s.append(np.broadcast_to(image, (len(i), 3)))
+    i = np.concatenate(found_i)
+    j = np.concatenate(found_j)
+    # image shift for the given (unwrapped) positions: S - offset_j + offset_i
+    S = np.concatenate(found_s) - offset[j] + offset[i]
+    order = np.lexsort((S[:, 2], S[:, 1], S[:, 0], j, i))
+    i, j, S = i[order], j[order], S[order]
+    return Edges(i.astype(np.int32), j.astype(np.int32), (S @ cell).astype(np.float64))
 
 
 def bucket_size(n: int, minimum: int = 8) -> int:

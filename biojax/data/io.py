@@ -167,6 +167,27 @@ def _extra_labels(atoms) -> tuple[dict, dict]:
     return info, arrays
 
 
+_COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def _read_compressed(path: str, index):
+    """Frames of a .gz/.bz2/.xz file, decompressed into memory first (ASE seeks in the
+    compressed stream, which restarts decompression for every frame: quadratic time);
+    None for other files."""
+    import importlib
+    import io
+
+    import ase.io
+    from ase.io.formats import filetype
+
+    stem, suffix = os.path.splitext(path)
+    if suffix.lower() not in _COMPRESSED:
+        return None
+    with importlib.import_module(_COMPRESSED[suffix.lower()]).open(path, "rt") as f:
+        text = io.StringIO(f.read())
+    return ase.io.read(text, index=index, format=filetype(stem, read=False))
+
+
 def read_frames(path: str | os.PathLike, index: str | int = ":") -> list:
     """ASE Atoms frames of any ASE-readable file; a missing, unreadable or empty file
     raises DataError naming it."""
@@ -176,7 +197,7 @@ def read_frames(path: str | os.PathLike, index: str | int = ":") -> list:
     if not os.path.isfile(path):
         raise DataError(f"file not found: {path}")
     try:
-        frames = ase.io.read(path, index=index)
+        frames = _read_compressed(path, index) or ase.io.read(path, index=index)
     except Exception as exc:  # ASE raises many types on malformed input
         raise DataError(f"{path}: cannot be read as a structure file "
                         f"({type(exc).__name__}: {exc})") from None
