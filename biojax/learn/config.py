@@ -98,7 +98,8 @@ class SelectConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LabelConfig:
-    """Reference engine (biojax.data.reference.make_calculator) and worker processes."""
+    """Reference engine (biojax.data.reference.make_calculator) and worker processes
+    (``workers = 0``: label in the loop's own process, for cheap engines)."""
 
     engine: str = "gfn2-xtb"
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -106,8 +107,9 @@ class LabelConfig:
     threads_per_worker: int = 1
 
     def __post_init__(self):
-        if self.workers < 1 or self.threads_per_worker < 1:
-            raise ValueError("[label] workers and threads_per_worker must be >= 1")
+        if self.workers < 0 or self.threads_per_worker < 1:
+            raise ValueError("[label] workers must be >= 0 (0: in the loop's process) and "
+                             "threads_per_worker >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

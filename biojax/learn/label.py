@@ -32,13 +32,13 @@ def _init_worker(engine: str, options: dict, base_dir, threads: int) -> None:
     _CALC = make_calculator(engine, base_dir, **options)
 
 
-def _label_one(index: int, atoms: Atoms):
+def _label_one(index: int, atoms: Atoms, calc=None):
     """(index, labelled copy or None, error message or None)."""
     import numpy as np
     from ase.calculators.singlepoint import SinglePointCalculator
 
     work = atoms.copy()
-    work.calc = _CALC
+    work.calc = _CALC if calc is None else calc
     try:
         energy = float(work.get_potential_energy())
         forces = np.array(work.get_forces(), dtype=float)
@@ -56,17 +56,27 @@ def label_parallel(frames: Sequence[Atoms], engine: str = "gfn2-xtb",
                    threads_per_worker: int = 1, on_done=None
                    ) -> tuple[list[Atoms], list[dict]]:
     """Label ``frames`` (energy eV, forces eV/Å, as SinglePointCalculator results) with
-    ``engine`` in ``workers`` processes. Returns (labelled frames in input order, without
+    ``engine`` in ``workers`` processes (0: in this process, one after another). Returns (labelled frames in input order, without
     the failed ones; failures ``[{"index": i, "error": message}]``). ``on_done(n)`` is
     called after each structure (progress). A bad engine name or option is a
     ConfigError raised here, before any work is sent."""
-    if workers < 1:
-        raise ConfigError(f"label: workers must be >= 1, got {workers}")
+    if workers < 0:
+        raise ConfigError(f"label: workers must be >= 0 (0: in this process), got {workers}")
     options = dict(options or {})
     from biojax.data.reference import make_calculator
 
-    make_calculator(engine, base_dir, **options)  # bad name/options: fail early, here
+    calc = make_calculator(engine, base_dir, **options)  # bad name/options: fail here
     results, failures = {}, []
+    if workers == 0:  # in this process (a cheap engine such as EMT: no worker start-up)
+        for i, a in enumerate(frames):
+            i, atoms, error = _label_one(i, a, calc)
+            if error is None:
+                results[i] = atoms
+            else:
+                failures.append({"index": i, "error": error})
+            if on_done is not None:
+                on_done(1)
+        return [results[i] for i in sorted(results)], failures
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                 initializer=_init_worker,
