@@ -1,7 +1,7 @@
 """Biases on collective variables, as MD energy terms with state: harmonic restraints
 (umbrella windows, one centre per replica), flat-bottom walls, well-tempered metadynamics
 on a grid (one walker per replica or multiple walkers sharing one bias) and OPES
-(standard and explore).
+(standard and explore; one walker per replica or multiple walkers sharing one estimate).
 
 Every bias is an :class:`~biojax.md.terms.EnergyTerm`: ``energy(R, state, **kw)`` (eV) is
 added to the potential inside the jitted step, ``update`` advances its state after each
@@ -59,7 +59,8 @@ COLUMNS = {
     "restraint": ("L.cv[k]", "L.energy", "L.center[k]"),
     "walls": ("L.cv[k]", "L.energy"),
     "metad": ("L.cv[k]", "L.energy", "L.c", "L.height", "L.outside"),
-    "opes": ("L.cv[k]", "L.energy", "L.logZ", "L.n_kernels", "L.neff"),
+    "opes": ("L.cv[k]", "L.energy", "L.logZ", "L.n_kernels", "L.neff",
+             "L.dropped (walkers = 'shared' only)"),
 }
 
 
