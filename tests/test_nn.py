@@ -254,8 +254,8 @@ def test_unknown_element_and_missing_model_are_clear_errors(tmp_path):
 def test_unknown_model_hyperparameter_lists_valid_keys():
     with pytest.raises(ConfigError, match="unknown key.*'featurs'.*valid keys.*features"):
         build_model({"name": "painn", "featurs": 8}, 1, 5.0)
-    with pytest.raises(ConfigError, match="unknown model .mace.; registered: .*painn, schnet"):
-        build_model({"name": "mace"}, 1, 5.0)
+    with pytest.raises(ConfigError, match="unknown model .allegro.; registered: .*painn, schnet"):
+        build_model({"name": "allegro"}, 1, 5.0)
 
 
 def test_dense_pair_energy_derivatives_equal_plain_autodiff():

@@ -258,3 +258,10 @@ def init_potential(architecture: dict, elements: Sequence[int], cutoff: float,
                      reference_energies=tuple(float(e) for e in np.asarray(ref)),
                      architecture=dict(architecture), scale=float(scale),
                      shifts=tuple(float(x) for x in shifts))
+
+
+# the higher-order equivariant model registers itself ("mace"); imported last, it uses
+# the building blocks above
+from biojax.nn import equivariant as _equivariant  # noqa: E402
+
+MACE = _equivariant.MACE
