@@ -52,6 +52,13 @@ class TrainingConfig:
     stress_weight: float = 0.0  # on |Δσ|² per component, (eV/Å³)²
     # [[training.loss]] tables {name, weight, options}: replace the three weights above
     loss: tuple[dict, ...] = ()
+    # loss-weight schedule ("forces first, energies later", as MACE trains): at the
+    # fraction switch_at of the schedule (of epochs; of max_minutes with schedule =
+    # "time") the named loss terms take the weights in switch_weights, e.g.
+    # {energy = 1000.0, forces = 100.0}; the best-model record restarts there, as the
+    # validation loss changes meaning. 0 or {}: no switch
+    switch_at: float = 0.0
+    switch_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     patience: int = 30  # epochs without validation improvement before stopping
     max_minutes: float = 0.0  # wall-clock budget for training; 0: none
     # learning-rate schedule after the warm-up (see biojax.train.schedule):
@@ -92,6 +99,15 @@ class TrainingConfig:
             raise ValueError("loss weights must be ≥ 0")
         if not 0 <= self.ema_decay < 1:
             raise ValueError("ema_decay must be in [0, 1)")
+        if not 0 <= self.switch_at < 1:
+            raise ValueError(f"switch_at must be in [0, 1) (a fraction of the schedule), "
+                             f"got {self.switch_at}")
+        if bool(self.switch_at) != bool(self.switch_weights):
+            raise ValueError("a loss-weight switch needs both switch_at > 0 and "
+                             "switch_weights (e.g. {energy = 1000.0, forces = 100.0})")
+        if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0
+               for w in self.switch_weights.values()):
+            raise ValueError(f"switch_weights must be numbers ≥ 0, got {self.switch_weights}")
         default = TrainingConfig.__dataclass_fields__
         if self.loss and any(getattr(self, k) != default[k].default
                              for k in ("energy_weight", "forces_weight", "stress_weight")):
@@ -103,10 +119,18 @@ class TrainingConfig:
         from biojax.train import losses
 
         if self.loss:
-            return losses.loss_from_config(self.loss)
-        return losses.combine(losses.energy(self.energy_weight),
-                              losses.forces(self.forces_weight),
-                              losses.stress(self.stress_weight))
+            loss = losses.loss_from_config(self.loss)
+        else:
+            loss = losses.combine(losses.energy(self.energy_weight),
+                                  losses.forces(self.forces_weight),
+                                  losses.stress(self.stress_weight))
+        if self.switch_weights:  # unknown term names fail now, not at the switch
+            loss.with_weights(self.switch_weights)
+        return loss
+
+    def switched_loss(self):
+        """The Loss after the loss-weight switch (``switch_weights`` applied)."""
+        return self.make_loss().with_weights(self.switch_weights)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -564,7 +564,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
     progress = {"epoch": 0, "best_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
                 "seconds": 0.0, "train_seconds": 0.0, "last_epoch_seconds": 0.0,
                 "config": config_json, "data": prints,
-                "schedule": lr_schedule.new_state(t)}
+                "schedule": lr_schedule.new_state(t), "loss_stage": 0}
     best_params = state.ema_params
     if payload is not None:
         state, best_params = _restore(payload, state, ckpt_path, workdir)
@@ -587,6 +587,14 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
             {"epoch": 0, "valid_loss": initial_loss, "seconds": 0.0,
              **{f"valid_{k}": round(v, 4) for k, v in initial.items()}}) + "\n")
 
+    def switch_loss():  # the loss-weight switch (biojax.train.schedule.switch_due)
+        new = t.switched_loss()
+        stress = new.needs_stress or any(s.stress is not None for s in splits["valid"])
+        return (new, make_train_step(potential, tx, new, t.ema_decay, mesh),
+                make_predict_fn(potential, stress, new))
+
+    if progress.get("loss_stage", 0):  # resumed after the switch
+        loss, train_step, predict_fn = switch_loss()
     sched = progress["schedule"]
     budget = (t.max_minutes or 0) * 60
     stop_reason = "epochs"
@@ -605,6 +613,13 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
             losses = []
             step = _step_of(state)
             fraction = progress["seconds"] / budget if budget else 0.0
+            if not progress.get("loss_stage", 0) and lr_schedule.switch_due(
+                    sched, t, epoch, fraction):
+                loss, train_step, predict_fn = switch_loss()
+                progress.update(loss_stage=1, best_loss=float("inf"), bad_epochs=0)
+                log(f"epoch {epoch}: loss weights switched to "
+                    + ", ".join(f"{term.name} {term.weight:g}" for term in loss.terms)
+                    + " (the best-model record restarts)")
             first_lr = lr_schedule.learning_rate(sched, t, step, steps_per_epoch, fraction)
             batches = (datasets["train"].batches(batch_size, order, drop_last=True)
                        if mesh is None else

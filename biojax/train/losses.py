@@ -116,6 +116,19 @@ class Loss(NamedTuple):
                 total = total + t.weight * s / jnp.maximum(n, 1.0)
         return total
 
+    def with_weights(self, weights: dict) -> "Loss":
+        """This loss with the terms named in ``weights`` reweighted (the loss-weight
+        switch); ConfigError for a name that is not one of its terms."""
+        from biojax.core.errors import ConfigError
+
+        names = [t.name for t in self.terms]
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ConfigError(f"[training] switch_weights: unknown loss term(s) "
+                              f"{', '.join(map(repr, unknown))}; the terms are: {', '.join(names)}")
+        return Loss(tuple(t._replace(weight=float(weights.get(t.name, t.weight)))
+                          for t in self.terms))
+
     def from_sums(self, sums: dict) -> float:
         """The loss from sums and counts accumulated over many batches (float64)."""
         weights = {t.name: t.weight for t in self.terms}

@@ -21,6 +21,9 @@ Every schedule starts with a linear warm-up from 1 % of ``learning_rate`` to
   whole budget on any machine, but its numbers depend on the machine's speed and load:
   runs are not bit-reproducible, and a resumed run differs from an uninterrupted one.
 
+The loss-weight switch (``switch_at``, ``switch_weights``) follows the same clock:
+:func:`switch_due` says whether the epoch about to run trains with the switched weights.
+
 The schedule's state (its kind, fixed when a run starts, and the plateau rate) is a small
 JSON dict stored in the training checkpoint.
 """
@@ -81,3 +84,14 @@ def after_epoch(state: dict, cfg, improved: bool, step: int, steps_per_epoch: in
         return (f"learning rate reduced to {state['lr']:.3g} ({cfg.plateau_patience} epochs "
                 "without a better validation loss)")
     return None
+
+
+def switch_due(state: dict, cfg, epoch: int, elapsed_fraction: float = 0.0) -> bool:
+    """Whether epoch ``epoch`` (1-based) trains with the switched loss weights: from the
+    first epoch that starts at or after ``switch_at`` of the schedule (of ``epochs``;
+    of the ``max_minutes`` budget for the "time" kind). Never without ``switch_weights``."""
+    if not cfg.switch_weights or cfg.switch_at <= 0:
+        return False
+    if state["kind"] == "time":
+        return elapsed_fraction >= cfg.switch_at
+    return (epoch - 1) >= cfg.switch_at * cfg.epochs
