@@ -2,6 +2,7 @@
 held-out test_MD.xyz. Writes benchmarks/results/train.json and train.md.
 
     python benchmarks/bench_train.py --minutes 40 15      # PaiNN 40 min, SchNet 15 min
+    python benchmarks/bench_train.py --models painn mace --minutes 60 60
 
 The epoch count is chosen from a short timing run so that the cosine learning-rate decay
 ends at the wall-clock budget. Published reference on this split (1000 training
@@ -32,6 +33,9 @@ MODELS = {
               "n_basis": 20},
     "schnet": {"name": "schnet", "cutoff": 5.0, "features": 64, "n_interactions": 3,
                "n_basis": 32},
+    # examples/recipes/ethanol_mace.toml's architecture
+    "mace": {"name": "mace", "cutoff": 5.0, "features": 32, "n_interactions": 2, "l_max": 2,
+             "hidden_l": 1, "correlation": 3, "n_basis": 8, "avg_neighbors": 8.0},
 }
 
 
@@ -85,16 +89,20 @@ def markdown(rows: list[dict], device: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, nargs=2, default=[40.0, 15.0],
-                        metavar=("PAINN", "SCHNET"), help="training budget per model")
+    parser.add_argument("--models", nargs="+", default=["painn", "schnet"],
+                        choices=sorted(MODELS), help="architectures, in order")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[40.0, 15.0],
+                        help="training budget per model (one per --models entry)")
     parser.add_argument("--workdir", default=os.path.join("runs", "bench_train"))
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
+    if len(args.minutes) != len(args.models):
+        parser.error(f"--minutes needs one budget per model ({len(args.models)})")
     device = f"{jax.devices()[0].platform}: {cpu_model()} ({os.cpu_count()} cores)" \
         if jax.devices()[0].platform == "cpu" else jax.devices()[0].device_kind
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     rows = []
-    for name, minutes in zip(("painn", "schnet"), args.minutes):
+    for name, minutes in zip(args.models, args.minutes):
         start_load = os.getloadavg()
         row = run(name, minutes, args.workdir, log)
         row["load_average_start_end"] = [start_load[0], os.getloadavg()[0]]
