@@ -24,7 +24,7 @@ import numpy as np
 from biojax.core.errors import AnalysisError
 
 __all__ = ["integrated_gradients", "completeness_error", "in_silico_mutagenesis",
-           "batched_integrated_gradients"]
+           "batched_integrated_gradients", "shuffled_baselines"]
 
 
 def _check(x, baseline):
@@ -79,23 +79,50 @@ def completeness_error(f: Callable, x, baseline=None, attributions=None, steps: 
 def batched_integrated_gradients(f: Callable, xs, baseline=None, steps: int = 32,
                                  batch: int = 128):
     """Integrated gradients for each input in ``xs`` (leading axis), jitted once and run
-    ``batch`` inputs at a time (the last chunk padded); ``baseline`` has the shape of one
-    input (default zeros). Returns an array shaped like ``xs`` (units of ``f``)."""
+    ``batch`` inputs at a time (the last chunk padded). ``baseline``: the shape of one
+    input (shared; default zeros) or the shape of ``xs`` (one baseline per input).
+    Returns an array shaped like ``xs`` (units of ``f``)."""
     xs = np.asarray(xs)
-    base = jnp.zeros(xs.shape[1:], xs.dtype) if baseline is None else jnp.asarray(baseline)
-    if base.shape != xs.shape[1:]:
+    base = np.zeros(xs.shape[1:], xs.dtype) if baseline is None else np.asarray(baseline,
+                                                                                 xs.dtype)
+    per_input = base.shape == xs.shape and base.shape != xs.shape[1:]
+    if not per_input and base.shape != xs.shape[1:]:
         raise AnalysisError(f"batched_integrated_gradients: baseline shape {base.shape} "
-                            f"differs from one input's shape {xs.shape[1:]}")
-    fn = jax.jit(jax.vmap(lambda x: integrated_gradients(f, x, base, steps=steps)))
+                            f"differs from one input's shape {xs.shape[1:]} and from "
+                            f"the inputs' shape {xs.shape}")
+    if per_input:
+        fn = jax.jit(jax.vmap(lambda x, b: integrated_gradients(f, x, b, steps=steps)))
+    else:
+        shared = jnp.asarray(base)
+        fn = jax.jit(jax.vmap(lambda x, b: integrated_gradients(f, x, shared, steps=steps)))
     size = min(batch, len(xs))
     out = []
     for i in range(0, len(xs), size):
         chunk = xs[i:i + size]
+        bchunk = base[i:i + size] if per_input else chunk
         n = len(chunk)
         if n < size:
-            chunk = np.concatenate([chunk, np.zeros((size - n, *xs.shape[1:]), xs.dtype)])
-        out.append(np.asarray(fn(jnp.asarray(chunk)))[:n])
+            pad = np.zeros((size - n, *xs.shape[1:]), xs.dtype)
+            chunk = np.concatenate([chunk, pad])
+            bchunk = np.concatenate([bchunk, pad])
+        out.append(np.asarray(fn(jnp.asarray(chunk), jnp.asarray(bchunk)))[:n])
     return np.concatenate(out)
+
+
+def shuffled_baselines(xs, n_shuffles: int, seed: int = 0):
+    """``n_shuffles`` baselines per input: each input of ``xs`` (N, L, ...) with its
+    positions (axis 1) randomly permuted, so a baseline keeps the input's composition but
+    not its order. Returns (n_shuffles, N, L, ...); the shuffle-averaged attribution is
+    the mean over the first axis of the attributions against each (Σ = f(x) − mean f(b))."""
+    xs = np.asarray(xs)
+    if n_shuffles < 1:
+        raise AnalysisError(f"shuffled_baselines: n_shuffles must be ≥ 1, got {n_shuffles}")
+    rng = np.random.default_rng([seed, 23])
+    out = np.empty((n_shuffles,) + xs.shape, xs.dtype)
+    for k in range(n_shuffles):
+        perm = np.argsort(rng.random(xs.shape[:2]), axis=1)
+        out[k] = np.take_along_axis(xs, perm.reshape(perm.shape + (1,) * (xs.ndim - 2)), 1)
+    return out
 
 
 def in_silico_mutagenesis(f: Callable, onehot):

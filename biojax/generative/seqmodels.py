@@ -30,7 +30,8 @@ import optax
 
 from biojax.core.errors import ConfigError, DataError
 
-__all__ = ["SeqVAE", "Generator", "Critic", "SeqClassifier", "vae_loss", "check_labels",
+__all__ = ["SeqVAE", "ARSeqVAE", "Generator", "Critic", "ResGenerator", "ResCritic",
+           "sample_arvae", "SeqClassifier", "vae_loss", "check_labels",
            "make_vae_step", "make_gan_step", "make_classifier_step", "init_vae", "init_gan",
            "init_classifier", "sample_vae", "sample_gan", "classifier_logits"]
 
@@ -161,6 +162,171 @@ class SeqClassifier(nn.Module):
         h = h.reshape(h.shape[0], -1)
         h = nn.relu(nn.Dense(self.hidden)(h))
         return nn.Dense(self.n_out)(h)
+
+
+# ---------------------------------------------------------------- autoregressive VAE decoder
+class _CausalConv(nn.Module):
+    """1-D convolution whose output at position t sees inputs at positions <= t only."""
+    features: int
+    kernel: int
+    dilation: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        pad = (self.kernel - 1) * self.dilation
+        x = jnp.pad(x, ((0, 0), (pad, 0), (0, 0)))
+        return nn.Conv(self.features, (self.kernel,), kernel_dilation=(self.dilation,),
+                       padding="VALID")(x)
+
+
+class _CondTrunk(nn.Module):
+    """Latent + label -> (B, length, channels) per-position conditioning features (the
+    factorised decoder's trunk, so each position knows where it is)."""
+    length: int
+    channels: int
+    n_classes: int
+
+    @nn.compact
+    def __call__(self, z, label):
+        base = math.ceil(self.length / 9)
+        h = jnp.concatenate([z, jax.nn.one_hot(label, self.n_classes)], -1)
+        h = nn.relu(nn.Dense(base * self.channels)(h)).reshape(-1, base, self.channels)
+        for _ in range(2):
+            h = jnp.repeat(h, 3, axis=1)
+            h = nn.relu(nn.Conv(self.channels, (5,))(h))
+        h = h[:, :self.length]
+        h = jnp.concatenate([h, _label_channels(label, self.n_classes, self.length)], -1)
+        return nn.relu(nn.Conv(self.channels, (9,))(h))
+
+
+class _ARDecoder(nn.Module):
+    """WaveNet-style decoder: logits at position t from the bases before t (causal dilated
+    convolutions with gated units) plus the latent/label features at t."""
+    length: int
+    channels: int
+    n_classes: int
+    kernel: int = 3
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+    @nn.compact
+    def __call__(self, x, z, label):
+        c = self.channels
+        cond = _CondTrunk(self.length, c, self.n_classes)(z, label)
+        prev = jnp.pad(x, ((0, 0), (1, 0), (0, 0)))[:, :-1]  # base t-1 at position t
+        h = _CausalConv(c, 2)(prev)
+        skip = 0.0
+        for d in self.dilations:
+            a = _CausalConv(2 * c, self.kernel, d)(h) + nn.Dense(2 * c)(cond)
+            g = jnp.tanh(a[..., :c]) * jax.nn.sigmoid(a[..., c:])
+            h = h + nn.Dense(c)(g)
+            skip = skip + nn.Dense(c)(g)
+        out = nn.relu(nn.Dense(c)(nn.relu(skip)))
+        return nn.Dense(4)(out)
+
+
+class ARSeqVAE(nn.Module):
+    """Conditional VAE whose decoder is autoregressive over positions (left to right):
+    p(x | z, label) = prod_t p(x_t | x_<t, z, label), so motifs can shift position and
+    neighbouring bases are correlated. Same encoder and loss as :class:`SeqVAE`."""
+    length: int
+    n_classes: int = 1
+    latent: int = 16
+    channels: int = 64
+    kernel: int = 3
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
+
+    def setup(self):
+        self.encoder = _Encoder(self.channels, 2 * self.latent, self.n_classes)
+        self.decoder = _ARDecoder(self.length, self.channels, self.n_classes, self.kernel,
+                                  tuple(self.dilations))
+
+    def __call__(self, x, label, key):
+        """(logits, mean, log-variance): teacher-forced logits of ``x``."""
+        stats = self.encoder(x, label)
+        mean, logvar = jnp.split(stats, 2, -1)
+        logvar = jnp.clip(logvar, -10.0, 10.0)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+        return self.decoder(x, z, label), mean, logvar
+
+    def decode(self, x, z, label):
+        return self.decoder(x, z, label)
+
+
+def sample_arvae(model: ARSeqVAE, params, labels, key, temperature: float = 1.0):
+    """One-hot samples (B, length, 4) of the autoregressive VAE: z ~ N(0, 1), then bases
+    drawn left to right, each from p(x_t | x_<t, z, label) at ``temperature``."""
+    labels = jnp.asarray(labels, jnp.int32)
+    k_z, k_x = jax.random.split(key)
+    z = jax.random.normal(k_z, (labels.shape[0], model.latent))
+    x = jnp.zeros((labels.shape[0], model.length, 4), jnp.float32)
+    for t in range(model.length):  # one compiled step, t traced
+        x = _ar_sample_step(model, params, x, z, labels, jnp.int32(t),
+                            jax.random.fold_in(k_x, t), jnp.float32(temperature))
+    return x
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _ar_sample_step(model, params, x, z, labels, t, key, temperature):
+    logits = model.apply({"params": params}, x, z, labels, method=ARSeqVAE.decode)
+    lt = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
+    base = jax.random.categorical(key, lt / temperature, axis=-1)
+    return jax.lax.dynamic_update_index_in_dim(x, jax.nn.one_hot(base, 4), t, axis=1)
+
+
+# ---------------------------------------------------------------- residual WGAN-GP
+class _ResBlock(nn.Module):
+    channels: int
+    kernel: int = 5
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(self.channels, (self.kernel,))(nn.relu(x))
+        h = nn.Conv(self.channels, (self.kernel,))(nn.relu(h))
+        return x + 0.3 * h
+
+
+class ResGenerator(nn.Module):
+    """Noise + label -> (B, length, 4) base probabilities: a dense projection to every
+    position, residual 1-D convolution blocks at full length (Gulrajani et al. 2017's
+    language-model generator), softmax. ``hard``: straight-through one-hot output (the
+    forward value is the argmax one-hot, the gradient that of the softmax)."""
+    length: int
+    n_classes: int = 1
+    latent: int = 64
+    channels: int = 64
+    blocks: int = 3
+    hard: bool = False
+
+    @nn.compact
+    def __call__(self, z, label):
+        h = jnp.concatenate([z, jax.nn.one_hot(label, self.n_classes)], -1)
+        h = nn.Dense(self.length * self.channels)(h).reshape(-1, self.length, self.channels)
+        h = jnp.concatenate([h, _label_channels(label, self.n_classes, self.length)], -1)
+        h = nn.Conv(self.channels, (1,))(h)
+        for _ in range(self.blocks):
+            h = _ResBlock(self.channels)(h)
+        p = jax.nn.softmax(nn.Conv(4, (1,))(nn.relu(h)))
+        if self.hard:
+            hard = jax.nn.one_hot(jnp.argmax(p, -1), 4)
+            p = p + jax.lax.stop_gradient(hard - p)
+        return p
+
+
+class ResCritic(nn.Module):
+    """(B, length, 4) + label -> (B,) critic score: residual convolution blocks at full
+    length, then a dense layer over all positions (no normalisation layers)."""
+    n_classes: int = 1
+    channels: int = 64
+    blocks: int = 3
+
+    @nn.compact
+    def __call__(self, x, label):
+        h = jnp.concatenate([x, _label_channels(label, self.n_classes, x.shape[1])], -1)
+        h = nn.Conv(self.channels, (1,))(h)
+        for _ in range(self.blocks):
+            h = _ResBlock(self.channels)(h)
+        return nn.Dense(1)(h.reshape(h.shape[0], -1))[:, 0]
+
 
 
 # ---------------------------------------------------------------- steps
@@ -416,6 +582,9 @@ class VAEOptions:
     beta: float = 1.0
     warmup: int = 500
     temperature: float = 1.0
+    decoder: str = "factorised"      # or "autoregressive" (ARSeqVAE)
+    kernel: int = 3                  # autoregressive decoder: causal kernel and dilations
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,6 +596,10 @@ class GANOptions:
     channels: int = 64
     n_critic: int = 5
     gp_weight: float = 10.0
+    architecture: str = "upsample"   # or "resnet" (ResGenerator / ResCritic)
+    blocks: int = 3                  # resnet: residual blocks in the generator
+    output: str = "softmax"          # resnet: or "straight_through" (one-hot forward)
+    critic: str = "pooled"           # resnet: critic "pooled" (Critic) or "resnet" (ResCritic)
 
 
 class VAEGenerator:
@@ -436,7 +609,14 @@ class VAEGenerator:
         self.options = from_dict(VAEOptions, options, where)
         o = self.options
         self.steps, self.batch_size = o.steps, o.batch_size
-        self.model = SeqVAE(length, n_classes, o.latent, o.channels)
+        if o.decoder == "factorised":
+            self.model = SeqVAE(length, n_classes, o.latent, o.channels)
+        elif o.decoder == "autoregressive":
+            self.model = ARSeqVAE(length, n_classes, o.latent, o.channels, o.kernel,
+                                  tuple(o.dilations))
+        else:
+            raise ConfigError(f"{where} decoder: expected 'factorised' or 'autoregressive', "
+                              f"got {o.decoder!r}")
         self.tx = None
 
     def init(self, seed: int):
@@ -448,6 +628,9 @@ class VAEGenerator:
         return make_vae_step(self.model, self.tx, x, labels, o.batch_size, o.beta, o.warmup)
 
     def sample(self, state, labels, key):
+        if isinstance(self.model, ARSeqVAE):
+            return sample_arvae(self.model, state["params"], labels, key,
+                                self.options.temperature)
         return sample_vae(self.model, state["params"], labels, key, self.options.temperature)
 
 
@@ -458,8 +641,26 @@ class GANGenerator:
         self.options = from_dict(GANOptions, options, where)
         o = self.options
         self.steps, self.batch_size = o.steps, o.batch_size
-        self.gen = Generator(length, n_classes, o.latent, o.channels)
-        self.critic = Critic(n_classes, o.channels)
+        if o.output not in ("softmax", "straight_through"):
+            raise ConfigError(f"{where} output: expected 'softmax' or 'straight_through', "
+                              f"got {o.output!r}")
+        if o.architecture == "upsample":
+            if o.output != "softmax":
+                raise ConfigError(f"{where} output: {o.output!r} needs architecture = "
+                                  "'resnet'")
+            self.gen = Generator(length, n_classes, o.latent, o.channels)
+            self.critic = Critic(n_classes, o.channels)
+        elif o.architecture == "resnet":
+            self.gen = ResGenerator(length, n_classes, o.latent, o.channels, o.blocks,
+                                    o.output == "straight_through")
+            if o.critic not in ("pooled", "resnet"):
+                raise ConfigError(f"{where} critic: expected 'pooled' or 'resnet', got "
+                                  f"{o.critic!r}")
+            self.critic = (ResCritic(n_classes, o.channels, o.blocks) if o.critic == "resnet"
+                           else Critic(n_classes, o.channels))
+        else:
+            raise ConfigError(f"{where} architecture: expected 'upsample' or 'resnet', got "
+                              f"{o.architecture!r}")
         self.tx = None
 
     def init(self, seed: int):

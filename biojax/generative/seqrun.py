@@ -80,6 +80,8 @@ class ClassifierSection:
     hidden: int = 32
     ig_steps: int = 32
     ig_examples: int = 500
+    ig_baseline: str = "uniform"     # or "zeros", "shuffled" (see attribution_profile)
+    ig_shuffles: int = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,9 @@ def load_config(path: str, overrides=()) -> SequenceConfig:
     if not 0.0 < d.holdout_fraction < 1.0:
         raise ConfigError(f"{where} holdout_fraction: expected 0 < value < 1, got "
                           f"{d.holdout_fraction}")
+    if config.classifier.ig_baseline not in ("uniform", "zeros", "shuffled"):
+        raise ConfigError(f"{path} [classifier] ig_baseline: expected 'uniform', 'zeros' or "
+                          f"'shuffled', got {config.classifier.ig_baseline!r}")
     if not config.generate.models:
         raise ConfigError(f"{path} [generate] models: name at least one model")
     for m in config.evaluate.motifs:
@@ -220,7 +225,6 @@ def run_config(config: SequenceConfig, workdir: str, *, resume: bool = False,
                log: Callable[[str], None] = print, progress: bool = True) -> dict:
     import jax
 
-    from biojax.core.registry import import_object  # noqa: F401 (user models)
     from biojax.generative import seqmetrics as sm
     from biojax.generative import seqmodels as smod
     from biojax.generative.sequences import decode, one_hot
@@ -274,12 +278,12 @@ def run_config(config: SequenceConfig, workdir: str, *, resume: bool = False,
         state, tx = smod.init_classifier(model, length, c.learning_rate, g.seed)
         xc = np.concatenate([x_train, xn[n_tr]])
         yc = np.r_[np.ones(len(x_train)), np.zeros(len(n_tr))].astype(np.int32)
-        step = model_step = smod.make_classifier_step(model, tx, xc, yc, c.batch_size)
-        del model_step
+        step = smod.make_classifier_step(model, tx, xc, yc, c.batch_size)
         state = fit(step, state, c.steps, workdir, "classifier", seed=g.seed,
                     config={**base, "negatives": _digest(xn),
                             **{k: v for k, v in dataclasses.asdict(c).items()
-                               if k not in ("steps", "ig_steps", "ig_examples")}},
+                               if k not in ("steps", "ig_steps", "ig_examples",
+                                            "ig_baseline", "ig_shuffles")}},
                     resume=resume, log=log, progress=progress, max_minutes=budget)
         clf = (model, state["params"])
         lp = smod.classifier_logits(model, state["params"], x_held)[:, 0]
@@ -294,7 +298,8 @@ def run_config(config: SequenceConfig, workdir: str, *, resume: bool = False,
         log(f"classifier: held-out accuracy {acc:.3f}, promoters called promoter "
             f"{np.mean(lp > 0):.3f}")
         metrics["attributions"] = attribution_profile(model, state["params"], x_held,
-                                                      c.ig_steps, c.ig_examples, g.seed)
+                                                      c.ig_steps, c.ig_examples, g.seed,
+                                                      c.ig_baseline, c.ig_shuffles)
         metrics["classifier"]["training"] = read_metrics(workdir, "classifier")[-1:]
 
     # generators
@@ -378,26 +383,46 @@ def class_contrast(metrics: dict, pair) -> dict:
     return out
 
 
-def attribution_profile(model, params, x, steps: int, n_examples: int, seed: int) -> dict:
-    """Integrated gradients of the classifier logit over real sequences ``x`` (baseline:
-    uniform 0.25 at every position), summed over the 4 channels and averaged over up to
-    ``n_examples`` sequences: the profile against position (logit units)."""
+def attribution_profile(model, params, x, steps: int, n_examples: int, seed: int,
+                        baseline: str = "uniform", n_shuffles: int = 8) -> dict:
+    """Integrated gradients of the classifier logit over real sequences ``x``, summed over
+    the 4 channels and averaged over up to ``n_examples`` sequences: the profile against
+    position (logit units). ``baseline``: "uniform" (0.25 at every position), "zeros"
+    (the all-zero input) or "shuffled" (the mean of the attributions against
+    ``n_shuffles`` position-shuffled copies of each sequence: same composition, no order;
+    the usual choice for sequence models, as a uniform or zero input is far from any real
+    sequence)."""
     import jax.numpy as jnp
 
-    from biojax.generative.attributions import batched_integrated_gradients
+    from biojax.generative.attributions import (batched_integrated_gradients,
+                                                shuffled_baselines)
 
     rng = np.random.default_rng([seed, 11])
-    sub = np.asarray(x)[rng.permutation(len(x))[:n_examples]]
+    sub = np.asarray(x, np.float32)[rng.permutation(len(x))[:n_examples]]
     f = lambda s: model.apply({"params": params}, s[None])[0, 0]  # noqa: E731
-    base = jnp.full(sub.shape[1:], 0.25, jnp.float32)
-    attrs = batched_integrated_gradients(f, sub, base, steps=steps, batch=128)
-    per_pos = attrs.sum(-1)  # (N, L): attribution of the base present at each position
     logits = np.asarray(jax_apply(model, params, sub))
-    logit_base = float(np.asarray(jax_apply(model, params, np.asarray(base)[None]))[0])
+    if baseline in ("uniform", "zeros"):
+        base = jnp.full(sub.shape[1:], 0.25 if baseline == "uniform" else 0.0, jnp.float32)
+        per_pos = batched_integrated_gradients(f, sub, base, steps=steps, batch=128).sum(-1)
+        logit_base = np.full(len(sub), float(jax_apply(model, params,
+                                                       np.asarray(base)[None])[0]))
+        label = "uniform 0.25" if baseline == "uniform" else "all zeros"
+    elif baseline == "shuffled":
+        bases = shuffled_baselines(sub, n_shuffles, seed)
+        per_pos = np.zeros(sub.shape[:2], np.float32)
+        logit_base = np.zeros(len(sub))
+        for b in bases:
+            per_pos += batched_integrated_gradients(f, sub, b, steps=steps,
+                                                    batch=128).sum(-1) / n_shuffles
+            logit_base += jax_apply(model, params, b) / n_shuffles
+        label = f"mean over {n_shuffles} position-shuffled copies of each sequence"
+    else:
+        raise ConfigError(f"[classifier] ig_baseline: expected 'uniform', 'zeros' or "
+                          f"'shuffled', got {baseline!r}")
     completeness = float(np.mean(np.abs(per_pos.sum(1) - (logits - logit_base))))
     profile = per_pos.mean(0)
     return {"profile": profile.tolist(), "abs_profile": np.abs(per_pos).mean(0).tolist(),
-            "n": int(len(sub)), "steps": int(steps), "baseline": "uniform 0.25",
+            "n": int(len(sub)), "steps": int(steps), "baseline": label,
             "completeness_mean_abs_error": completeness,
             "mean_logit_minus_baseline": float(np.mean(logits - logit_base))}
 
