@@ -1,4 +1,7 @@
-"""Print the issue-#16 must-show table of a promoter generation run (metrics.json)."""
+"""Print the issue-#16 must-show table of a promoter generation run (metrics.json).
+
+    python3 summary.py RUN/metrics.json [OLD_RUN/metrics.json]   # second: side by side
+"""
 
 import json
 import sys
@@ -55,5 +58,30 @@ def main(path: str) -> None:
         print(" ".join(f"{i}:{v:.3f}" for i, v in enumerate(prof)))
 
 
+def compare(old_path: str, new_path: str) -> None:
+    """Side by side: the issue-#16 targets for the models of two runs (e.g. session 5's
+    promoters.toml and session 6's promoters_ar.toml)."""
+    runs = {"before": json.load(open(old_path)), "after": json.load(open(new_path))}
+    rm = runs["after"]["real"]["heldout"]["motifs"]
+    c = runs["after"].get("class_contrast", {}).get("real", {})
+    print(f"\n## Side by side ({old_path} -> {new_path})\n")
+    print("| model | 6-mer JS ratio (<= 1.5) | -10 vs real | -35 vs real | copies | "
+          "called promoter | 2-sample AUC | sigma70-sigma24 -10 / -35 (real "
+          f"{c.get('-10', float('nan')):+.3f} / {c.get('-35', float('nan')):+.3f}) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tag, m in runs.items():
+        for name, g in m["models"].items():
+            cc = m.get("class_contrast", {}).get(name, {})
+            ts = g.get("two_sample_test", {}).get("auc", float("nan"))
+            print(f"| {name} ({tag}) | {g['js_ratio_to_split_half']['6']:.2f} | "
+                  f"{g['motifs']['-10'] / rm['-10'] - 1:+.0%} | "
+                  f"{g['motifs']['-35'] / rm['-35'] - 1:+.0%} | "
+                  f"{g['exact_copy_fraction']:.4f} | "
+                  f"{g.get('classifier_promoter_rate', float('nan')):.3f} | {ts:.3f} | "
+                  f"{cc.get('-10', float('nan')):+.3f} / {cc.get('-35', float('nan')):+.3f} |")
+
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "runs/generative_promoters/metrics.json")
+    if len(sys.argv) > 2:
+        compare(sys.argv[2], sys.argv[1])
