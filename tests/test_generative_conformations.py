@@ -261,6 +261,7 @@ potential = "{os.path.abspath(MODEL)}"
 n_samples = 64
 phi = [4, 6, 8, 14]
 psi = [6, 8, 14, 16]
+oversample = {{left = 3.0}}           # training frames in "left" drawn 3x as often
 
 [[generate.regions]]
 name = "left"
@@ -285,6 +286,9 @@ options = {{layers = 2, hidden = 16}}
     (tmp_path / "bad.toml").write_text(text.replace("n_samples", "n_sample"))
     with pytest.raises(ConfigError, match="unknown key.*'n_sample'"):
         C.run(str(tmp_path / "bad.toml"), str(tmp_path / "bad"), progress=False)
+    (tmp_path / "over.toml").write_text(text.replace("left = 3.0", "right = 3.0"))
+    with pytest.raises(ConfigError, match=r"oversample: regions \['right'\] need"):
+        C.run(str(tmp_path / "over.toml"), str(tmp_path / "over"), progress=False)
     frames = ase.io.read(traj, ":")
     frames[7].positions[3, 0] = np.nan
     ase.io.write(tmp_path / "nan.extxyz", frames, format="extxyz")

@@ -345,7 +345,8 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
                     learning_rate: float, workdir: str, name: str, seed: int = 0,
                     config: dict | None = None, resume: bool = False, log=print,
                     progress: bool = True, checkpoint_every: int = 200, log_every: int = 50,
-                    on_step=None, energy: dict | None = None, weight_decay: float = 0.0):
+                    on_step=None, energy: dict | None = None, weight_decay: float = 0.0,
+                    frame_weights=None):
     """Fit ``gen`` to y_train (n, D) with Adam (clipped at global norm 10, cosine decay),
     batches drawn by step from the seed (so resume equals an uninterrupted run); returns
     the trained parameters. Files: ``workdir/<name>.checkpoint.msgpack`` and
@@ -356,7 +357,9 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
     and ``batch_size``; the loss gains ``weight`` × the reverse KL divergence
     E_q[log q(z) + U(x(z))/kT − log J(z)] (up to a constant) over a batch sampled from
     the generator, with U/kT above 1000 damped logarithmically. Needs an exact
-    ``log_prob`` and a sampler differentiable in the parameters (the flow)."""
+    ``log_prob`` and a sampler differentiable in the parameters (the flow).
+    ``frame_weights`` (n,): draw training frames with these relative probabilities
+    (default: uniformly)."""
     from biojax.generative.trainer import fit
 
     y_train = jnp.asarray(y_train, jnp.float32)
@@ -371,7 +374,14 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
     # one compiled step per generator and settings (the data is an argument, so a resumed
     # or repeated run in the same process reuses it)
     key = (id(gen), n, batch_size, float(learning_rate), int(steps), float(weight_decay))
-    cached = _STEPS.get(key) if energy is None else None
+    probs = None
+    if frame_weights is not None:
+        fw = np.asarray(frame_weights, np.float64)
+        if fw.shape != (n,) or not np.all(fw >= 0) or fw.sum() <= 0:
+            raise ConfigError(f"frame_weights: expected {n} non-negative weights, not all "
+                              f"zero, got shape {fw.shape}")
+        probs = jnp.asarray(fw / fw.sum(), jnp.float32)
+    cached = _STEPS.get(key) if energy is None and probs is None else None
     if cached is not None and cached[0] is gen:
         step = cached[1]
     else:
@@ -382,14 +392,17 @@ def train_generator(gen: Generator, y_train, *, steps: int, batch_size: int,
         @jax.jit
         def step(state, key, data):
             kb, kl = jax.random.split(key)
-            batch = data[jax.random.randint(kb, (batch_size,), 0, n)]
+            if probs is None:
+                batch = data[jax.random.randint(kb, (batch_size,), 0, n)]
+            else:
+                batch = data[jax.random.choice(kb, n, (batch_size,), p=probs)]
             (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
                 state["params"], batch, kl)
             updates, opt = tx.update(grads, state["opt"], state["params"])
             return ({"params": optax.apply_updates(state["params"], updates), "opt": opt},
                     metrics)
 
-        if energy is None:
+        if energy is None and probs is None:
             _STEPS[key] = (gen, step)
 
     def step_fn(state, key):
@@ -520,6 +533,10 @@ class GenerateTable:
     regions: tuple[RegionConfig, ...] = ()
     generators: tuple[GeneratorConfig, ...] = (GeneratorConfig("flow"),)
     energy_batch: int = 256
+    # {region name: factor}: training frames in that (φ, ψ) region are drawn this many
+    # times as often (a proposal that covers a rare basin; reweighting removes the bias
+    # for a generator with a density)
+    oversample: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.trajectory:
@@ -670,6 +687,21 @@ def run(config_path: str, workdir: str, *, overrides=(), resume: bool = False,
     valid, train = perm[:n_valid], perm[n_valid:]
     tf = fit_transform(zm, z[train])
     y = np.asarray(tf.forward(jnp.asarray(z))[0])
+    frame_weights = None
+    if cfg.oversample:
+        names = {r.name: r for r in cfg.regions}
+        unknown = sorted(set(cfg.oversample) - set(names))
+        if unknown or not (cfg.phi and cfg.psi):
+            raise ConfigError(f"{config_path} [generate] oversample: regions "
+                              f"{unknown or list(cfg.oversample)} need [[generate.regions]] "
+                              f"of those names and phi/psi; known: {sorted(names)}")
+        deg = np.degrees(_phi_psi(cfg, x[train]))
+        frame_weights = np.ones(len(train))
+        for name, factor in cfg.oversample.items():
+            if not float(factor) > 0:
+                raise ConfigError(f"{config_path} [generate] oversample {name!r}: factor "
+                                  f"must be > 0, got {factor!r}")
+            frame_weights[_inside(deg, names[name])] *= float(factor)
     dim = y.shape[1]
     log(f"{len(x)} frames of {n_atoms} atoms, {len(bonds)} bonds → {dim} internal "
         f"coordinates ({len(train)} train, {n_valid} validation)")
@@ -717,7 +749,7 @@ def run(config_path: str, workdir: str, *, overrides=(), resume: bool = False,
             learning_rate=gc.learning_rate, workdir=workdir, name=label, seed=cfg.seed,
             config={"generate": to_dict(cfg), "generator": to_dict(gc)}, resume=resume,
             log=log, progress=progress, weight_decay=gc.weight_decay,
-            energy=None if not gc.energy_weight else {
+            frame_weights=frame_weights, energy=None if not gc.energy_weight else {
                 "fn": energy_single, "kt": kt, "zmatrix": zm, "transform": tf,
                 "weight": gc.energy_weight, "batch_size": gc.energy_batch_size})
         key = jax.random.PRNGKey(cfg.seed + 1)
