@@ -45,7 +45,7 @@ def _config(initial, **changes):
                 "observe_every": 5, "frame_every": 5, "timestep_fs": 1.0},
          "uncertainty": {"policy": "flag", "threshold": 1e-4},
          "select": {"per_iteration": 2},
-         "label": {"engine": "emt"},
+         "label": {"engine": "emt", "workers": 0},
          "loop": {"iterations": 2, "label_budget": 4}}
     for key, value in changes.items():
         table, name = key.split(".")
@@ -115,9 +115,12 @@ def test_a_resumed_loop_equals_an_uninterrupted_one(cu4, tmp_path, compile_cache
     assert [h["iteration"] for h in log] == [0, 1]  # one line per iteration, no duplicates
     assert [h["labels_before"] for h in log] == [0, 2]
     assert os.path.exists(os.path.join(b, "learning_curve.png"))
-    # the changed configuration of a finished run is refused on resume
-    with pytest.raises(ConfigError, match="configuration changed.*label_budget"):
-        run(config_from_dict(_config(cu4, **{"loop.label_budget": 6})), b, resume=True)
+    # a changed configuration is refused on resume, except the stopping rule
+    with pytest.raises(ConfigError, match="configuration changed.*select.method"):
+        run(config_from_dict(_config(cu4, **{"select.method": "kmeans"})), b, resume=True)
+    shorter = run(config_from_dict(_config(cu4, **{"loop.iterations": 1})), b, resume=True,
+                  log=lambda *_: None)
+    assert shorter["stop_reason"] == "1 iteration(s) done" and shorter["labels"] == 0
 
 
 @pytest.mark.parametrize("table, key, value, match", [

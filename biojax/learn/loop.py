@@ -39,6 +39,10 @@ from biojax.core.errors import ConfigError, SimulationError
 from biojax.learn.config import LearnConfig
 
 STEPS = ("dataset", "train", "md", "select", "label")
+# settings a resumed run may change: when to stop (past iterations are replayed from
+# their markers under the new rule)
+RESUMABLE_KEYS = ("loop.iterations", "loop.label_budget", "loop.time_budget_minutes",
+                  "loop.target_force_mae")
 
 
 class _Stop(Exception):
@@ -326,20 +330,34 @@ class Learner:
         if there and not resume:
             raise ConfigError(f"{out} already holds an active-learning run; pass --resume to "
                               "continue it or choose another --out")
+        result_path = os.path.join(out, "result.json")
         if os.path.exists(cpath):
             with open(cpath) as f:
                 old = json.load(f)
             if old != json.loads(cfg_json):
                 from biojax.train.loop import config_differences
 
+                from biojax.train.loop import _flatten
+
                 diff = config_differences(old, json.loads(cfg_json))
-                raise ConfigError(f"cannot resume {out}: the configuration changed ("
-                                  + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in
-                                              sorted(diff.items())) + ")")
+                known = _flatten(old)  # a setting newer than the run, at its default: fine
+                fixed = {k: v for k, v in diff.items()
+                         if k not in RESUMABLE_KEYS and k in known}
+                if fixed:
+                    raise ConfigError(
+                        f"cannot resume {out}: the configuration changed ("
+                        + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in
+                                    sorted(fixed.items()))
+                        + f"); only {', '.join(RESUMABLE_KEYS)} may change")
+                for k, (a, b) in sorted(diff.items()):
+                    self.log(f"resume: {k} was {a!r}, now {b!r}")
+                if os.path.exists(result_path):  # the stopping rule changed: decide again
+                    os.remove(result_path)
+                atomic_write_text(cpath, json.dumps(json.loads(cfg_json), indent=1))
         else:
             atomic_write_text(cpath, json.dumps(json.loads(cfg_json), indent=1))
-        if resume and os.path.exists(os.path.join(out, "result.json")):
-            with open(os.path.join(out, "result.json")) as f:
+        if resume and os.path.exists(result_path):
+            with open(result_path) as f:
                 return json.load(f)
         # time spent before a kill: the latest step marker's clock
         import glob
