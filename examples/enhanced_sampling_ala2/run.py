@@ -6,12 +6,14 @@ simulated time, against an unbiased reference of many replicas.
     python examples/enhanced_sampling_ala2/run.py --analyze         # results.json, fes.png
 
 Each mode is one vmapped Simulation of ``--replicas`` replicas, ``--ps`` ps each (1 fs,
-hydrogen mass 4 amu, Langevin 300 K, 1/ps), every replica started from one of the three
+hydrogen mass 4 amu, Langevin 300 K, 1/ps; OPES modes 10/ps, see FRICTION), every
+replica started from one of the three
 φ < 0 frames of examples/alanine_dipeptide_starts.extxyz (C7eq, β, αR; none in the
 αL/C7ax region φ > 0). Runs resume from their checkpoint (kill and rerun the same
 command; a larger --ps extends them). The biases are the ``[[bias]]`` tables in
-metad.toml and opes.toml next to this script (read here; ``biojax simulate`` reads the
-same tables). Output: runs/enhanced_sampling_ala2/<mode>/.
+metad.toml, opes.toml and opes_shared.toml (mode ``opes_shared``: OPES with multiple
+walkers) next to this script (read here; ``biojax simulate`` reads the same tables).
+Output: runs/enhanced_sampling_ala2/<mode>/.
 
 Analysis: FES F(φ, ψ) = −kT ln p on 24 × 24 bins (15°), biased runs reweighted with
 w = exp(bias_logw) (metad: β(V − c(t)); OPES: βV) from frames after the first
