@@ -341,7 +341,7 @@ def report(work: str, out: str) -> dict:
     res["written"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     res["load_average_when_written"] = load_average()
     json.dump(res, open(os.path.join(out, "results.json"), "w"), indent=1)
-    print(json.dumps({k: v["curve"] for k, v in res["runs"].items()}, indent=1))
+    print(json.dumps({k: v.get("curve", v) for k, v in res["runs"].items()}, indent=1))
     return res
 
 
