@@ -55,7 +55,8 @@ def analyze_run(folder, reference, skip_ps, window=(2.0, 8.0)):
     use = [a for a, t in zip(frames, times) if t >= skip_ps]
     out = {"folder": folder, "simulated_ps": float(t_ps[-1]), "frames_used": len(use),
            "skip_ps": skip_ps, "temperature_K": float(obs["temperature"][keep].mean()),
-           "status": summary.get("status", "finished" if summary else "running or stopped")}
+           "status": ("finished" if summary.get("completed") else "stopped early") if summary
+           else "stopped before the end (a blow-up or a kill: see the run's log), or running"}
     if use:
         r, g = oo_rdf([a.positions for a in use], [a.cell.array for a in use])
         ref_r = np.array(reference["rdf_OO"]["r_A"])
