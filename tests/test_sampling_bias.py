@@ -367,6 +367,9 @@ def test_linear_and_learned_cvs_and_trajectory_evaluation():
     ({"name": "restraint", "cv": [{"name": "distance", "atoms": [0, 1]}], "kappa": 1.0,
       "centers": [[1.0], [2.0], [3.0]]}, "one per replica is needed"),
     ({"name": "umbrella-typo", "cv": []}, "unknown bias 'umbrella-typo'"),
+    ({"name": "metad", "cv": [{"name": "distance", "atoms": [0, 1]}], "sigma": 0.1,
+      "height": 0.01, "grid_min": 1.0, "grid_max": 4.0, "grid_bins": 50, "wall_lower": 1.5,
+      "wall_upper": 3.0, "outside": "grow"}, "outside must be 'error' or 'clamp'"),
 ])
 def test_bad_bias_tables_are_clear_errors(table, match):
     with pytest.raises(ConfigError, match=match):
@@ -445,3 +448,31 @@ def test_metad_multiple_walkers_kill_resume_and_umbrella_centres(tmp_path):
                                                           + cols["us.energy"]), rtol=1e-4,
                                atol=1e-4)
     assert cols["metad.energy"][-1] > 0 and cols["metad.c"][-1] > 0
+
+
+def test_metad_walker_leaving_the_grid_is_a_clear_error(tmp_path):
+    """A metad grid on a distance that does not reach the start (3.8 Å, grid 4.5–6.5 Å):
+    the first chunk ends in a SimulationError naming the bias, replica, CV and grid; the
+    step-0 checkpoint and files are kept; outside = "clamp" brings no check."""
+    from biojax.core.errors import SimulationError
+    from biojax.md.config import default_config
+    from biojax.md.simulation import Simulation
+    from biojax.nn.classical import lennard_jones
+
+    table = {"name": "metad", "label": "md1", "cv": [{"name": "distance", "atoms": [0, 1]}],
+             "sigma": 0.2, "height": 0.002, "pace": 5, "grid_min": 4.5, "grid_max": 6.5,
+             "grid_bins": 40, "wall_lower": 5.0, "wall_upper": 6.0, "wall_kappa": 0.01}
+    with pytest.raises(SimulationError, match=r"bias metad 'md1': replica 0 left the grid "
+                       r"by step 5 .*CV 0 \(distance\) = 3\.8.*grid \[4\.5, 6\.5\].*"
+                       r"Widen grid_min/grid_max.*checkpoint at step 0"):
+        cfg = default_config(ensemble="nvt-langevin", timestep_fs=4.0, temperature_K=60.0,
+                             steps=20, chunk_steps=10, observe_every=5, frame_every=10,
+                             seed=3, bias=(table,), plots=False, check_energy=False)
+        Simulation(ase.Atoms("Ar2", positions=[[0.0, 0, 0], [3.8, 0, 0]]),
+                   lennard_jones([18], 3.405, 0.0103, cutoff=6.0), cfg).run(
+            str(tmp_path / "err"))
+    assert (tmp_path / "err" / "checkpoint.npz").is_file()
+    assert len((tmp_path / "err" / "observables.csv").read_text().splitlines()) == 2
+    clamp = B.biases_from_config([{**table, "outside": "clamp"}], free_system(10),
+                                 {"replicas": 1})
+    assert [getattr(t, "hook", None) for t in clamp] == [None]   # no check: clamped, counted

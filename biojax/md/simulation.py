@@ -126,6 +126,8 @@ class Simulation:
         self.hooks = list(hooks) + ([monitor] if monitor is not None else [])
         if config.replica_exchange is not None:  # biojax.sampling.exchange
             self.hooks.append(import_object("biojax.sampling.exchange:from_config")(config))
+        # hooks that energy terms bring (``term.hook``: the metad grid-exit check)
+        self.hooks += [t.hook for t in self.terms if getattr(t, "hook", None) is not None]
         for h in self.hooks:
             self.terms = h.wrap_terms(self.terms)
         self.potential_fn = potential.energy_fn(self.space.displacement_fn, numbers)

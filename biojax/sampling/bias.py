@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biojax.core.errors import ConfigError
+from biojax.core.errors import ConfigError, SimulationError
 from biojax.core.registry import biases, resolve
 from biojax.core.units import KB
 from biojax.md.terms import EnergyTerm, System
@@ -383,8 +383,8 @@ def rct(V, beta: float, bias_factor: float) -> jax.Array:
 def metad(system: System, context=None, cv=(), sigma=None, height: float = 0.0,
           pace: int = 500, bias_factor: float | None = None, grid_min=None, grid_max=None,
           grid_bins=None, walkers: str = "independent", wall_lower=None, wall_upper=None,
-          wall_kappa=1.0, temperature_K: float | None = None, label: str | None = None
-          ) -> EnergyTerm:
+          wall_kappa=1.0, temperature_K: float | None = None, label: str | None = None,
+          outside: str = "error") -> EnergyTerm:
     """Well-tempered metadynamics on 1 or 2 CVs with the bias on a grid.
 
     Args:
@@ -397,9 +397,16 @@ def metad(system: System, context=None, cv=(), sigma=None, height: float = 0.0,
         walkers reading each other's hills every chunk_steps).
       wall_lower, wall_upper, wall_kappa: quadratic walls (eV/unit²) keeping a
         non-periodic CV on the grid; required for non-periodic CVs and must lie inside
-        the grid. Policy when a walker still leaves the grid: no hill is deposited there,
-        the bias is that of the grid edge (no bias force), and ``L.outside`` counts the
-        steps spent outside.
+        the grid.
+      outside: what happens when a walker still leaves the grid of a non-periodic CV.
+        Inside the jitted step, always: no hill is deposited there, the bias is that of
+        the grid edge (no bias force), and ``L.outside`` counts the steps spent outside.
+        ``"error"`` (default): after the chunk in which any replica's count grew, the
+        run stops with a SimulationError naming the bias, the CV, the replica, the step
+        and the grid bounds (widen grid_min/grid_max or move the walls inside); the
+        checkpoint of the chunk before and the files up to it are kept (a grid of
+        another shape does not fit that checkpoint: a wider grid means a fresh run).
+        ``"clamp"``: keep running with the clamped bias and only count (``L.outside``).
       temperature_K: β for the well-tempering and c(t) (default: the run's).
     """
     ctx = _context(context)
@@ -419,6 +426,8 @@ def metad(system: System, context=None, cv=(), sigma=None, height: float = 0.0,
     if walkers not in ("independent", "shared"):
         raise ConfigError(f"bias metad: walkers must be 'independent' or 'shared', got "
                           f"{walkers!r}")
+    if outside not in ("error", "clamp"):
+        raise ConfigError(f"bias metad: outside must be 'error' or 'clamp', got {outside!r}")
     if grid_min is None or grid_max is None or grid_bins is None:
         raise ConfigError("bias metad: give the grid explicitly: grid_min, grid_max and "
                           "grid_bins (one per CV)")
@@ -538,7 +547,95 @@ def metad(system: System, context=None, cv=(), sigma=None, height: float = 0.0,
             states["grid"], states["base"])
         return {**states, "grid": merged, "base": merged}
 
-    return EnergyTerm(energy, init, update, observe, sync)
+    term = EnergyTerm(energy, init, update, observe, sync)
+    if outside == "error" and not all(periodic):
+        term = HookedTerm(*term)
+        term.hook = GridExitCheck(lab, [c.name for c in cvs], lo, hi, periodic, wl, wu,
+                                  wall_kappa)
+    return term
+
+
+class HookedTerm(EnergyTerm):
+    """An EnergyTerm that brings a host-side Simulation hook (attribute ``hook``; the
+    Simulation adds it to its hooks)."""
+
+    hook = None
+
+
+class GridExitCheck:
+    """Simulation hook of a metad bias with ``outside = "error"``: after each chunk,
+    before its output is written, a SimulationError if any replica's ``L.outside``
+    count grew (the walker left the grid of a non-periodic CV). The last count per
+    replica is kept in the checkpoint."""
+
+    def __init__(self, label, names, lo, hi, periodic, wall_lower, wall_upper, wall_kappa):
+        self.label, self.names = label, list(names)
+        self.lo, self.hi, self.periodic = np.asarray(lo), np.asarray(hi), list(periodic)
+        self.walls = (wall_lower, wall_upper, wall_kappa)
+        self.seen: list[int] | None = None
+
+    def wrap_terms(self, terms: list) -> list:
+        return terms
+
+    def setup(self, sim) -> None:
+        pass
+
+    def start(self, sim, run):
+        self.seen = None
+        return run
+
+    def after_chunk(self, sim, run, out) -> None:
+        pass
+
+    def columns(self, r: int) -> dict:
+        return {}
+
+    def progress(self) -> dict:
+        return {}
+
+    def summary(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"metad_outside": self.seen}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.seen = d.get("metad_outside")
+
+    def stops(self, sim, run, obs: dict, frames, n_frames: int, out: str | None) -> dict:
+        """Raise when a replica's outside count grew in this chunk (``run.step`` is the
+        chunk's first step); otherwise remember the counts and stop nothing."""
+        lab = self.label
+        counts = np.asarray(obs[f"{lab}.outside"]).reshape(
+            np.shape(obs[f"{lab}.outside"])[0], -1)          # (R, records)
+        base = np.zeros(len(counts), np.int64) if self.seen is None else np.asarray(
+            self.seen)
+        grew = counts > base[:, None]
+        if grew.any():
+            r = int(np.flatnonzero(grew.any(1))[0])
+            j = int(np.flatnonzero(grew[r])[0])
+            K = sim.cfg.observe_every
+            step = run.step + (j + 1) * K
+            s = np.asarray(obs[f"{lab}.cv"]).reshape(len(counts), counts.shape[1], -1)[r, j]
+            off = [k for k in range(len(self.names)) if not self.periodic[k]
+                   and not self.lo[k] <= s[k] <= self.hi[k]]
+            ks = off or [k for k in range(len(self.names)) if not self.periodic[k]]
+            wl, wu, wk = self.walls
+            where = "; ".join(
+                f"CV {k} ({self.names[k]}) = {s[k]:.4g}, grid [{self.lo[k]:g}, "
+                f"{self.hi[k]:g}], walls [{float(wl[k]):g}, {float(wu[k]):g}]" for k in ks)
+            kept = "" if out is None else (f" The checkpoint at step {run.step} and the "
+                                           f"files up to it in {out} are kept.")
+            raise SimulationError(
+                f"bias metad '{lab}': replica {r} left the grid by step {step} (t = "
+                f"{step * sim.cfg.timestep_fs:g} fs; {int(counts[r, j] - base[r])} steps "
+                f"outside): {where}. Outside the grid the bias is clamped to the edge "
+                f"value with no force, which is no longer metadynamics. Widen grid_min/"
+                f"grid_max, or move wall_lower/wall_upper further inside the grid or raise "
+                f"wall_kappa (now {wk}); outside = \"clamp\" keeps running clamped."
+                f"{kept}")
+        self.seen = [int(c) for c in counts[:, -1]]
+        return {}
 
 
 # ---------------------------------------------------------------------- OPES
