@@ -72,7 +72,8 @@ def simulate(args, name: str) -> dict:
         replicas=R, steps=steps, timestep_fs=args.timestep_fs, temperature_K=T0,
         friction_per_ps=5.0, chunk_steps=chunk, observe_every=20, frame_every=chunk,
         check_bonds=False, check_energy=False, plots=False,
-        seed=args.seed + (0 if pt else 1000),
+        # replica r draws PRNGKey(seed + r): runs and seeds kept apart (no shared streams)
+        seed=10000 * args.seed + (0 if pt else 1000),
         bias=({"name": "walls", "label": "r", "cv": [{"name": "distance", "atoms": [0, 1]}],
                "lower": 2.0, "upper": 7.0, "kappa": 1.0},),
         replica_exchange=({"t_min": T0, "t_max": args.t_max, "n": args.rungs,
