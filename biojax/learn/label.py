@@ -56,8 +56,8 @@ def label_parallel(frames: Sequence[Atoms], engine: str = "gfn2-xtb",
                    threads_per_worker: int = 1, on_done=None
                    ) -> tuple[list[Atoms], list[dict]]:
     """Label ``frames`` (energy eV, forces eV/Å, as SinglePointCalculator results) with
-    ``engine`` in ``workers`` processes (0: in this process, one after another). Returns (labelled frames in input order, without
-    the failed ones; failures ``[{"index": i, "error": message}]``). ``on_done(n)`` is
+    ``engine`` in ``workers`` processes (0: in this process, one after another). Returns
+    (labelled frames in input order, without the failed ones; failures ``[{"index": i, "error": message}]``). ``on_done(n)`` is
     called after each structure (progress). A bad engine name or option is a
     ConfigError raised here, before any work is sent."""
     if workers < 0:
@@ -67,15 +67,18 @@ def label_parallel(frames: Sequence[Atoms], engine: str = "gfn2-xtb",
 
     calc = make_calculator(engine, base_dir, **options)  # bad name/options: fail here
     results, failures = {}, []
+
+    def record(i, atoms, error):
+        if error is None:
+            results[i] = atoms
+        else:
+            failures.append({"index": i, "error": error})
+        if on_done is not None:
+            on_done(1)
+
     if workers == 0:  # in this process (a cheap engine such as EMT: no worker start-up)
         for i, a in enumerate(frames):
-            i, atoms, error = _label_one(i, a, calc)
-            if error is None:
-                results[i] = atoms
-            else:
-                failures.append({"index": i, "error": error})
-            if on_done is not None:
-                on_done(1)
+            record(*_label_one(i, a, calc))
         return [results[i] for i in sorted(results)], failures
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
@@ -84,12 +87,6 @@ def label_parallel(frames: Sequence[Atoms], engine: str = "gfn2-xtb",
                                           threads_per_worker)) as pool:
         futures = [pool.submit(_label_one, i, a) for i, a in enumerate(frames)]
         for fut in cf.as_completed(futures):
-            i, atoms, error = fut.result()
-            if error is None:
-                results[i] = atoms
-            else:
-                failures.append({"index": i, "error": error})
-            if on_done is not None:
-                on_done(1)
+            record(*fut.result())
     failures.sort(key=lambda f: f["index"])
     return [results[i] for i in sorted(results)], failures
