@@ -58,7 +58,7 @@ def find_edges(structure: Structure, cutoff: float) -> Edges:
     """All ordered pairs (i, j), i ≠ j or a periodic image, closer than ``cutoff`` Å.
 
     Fully periodic structures of up to a few thousand atoms are searched over all pairs
-    and periodic images with numpy (:func:`periodic_edges`, sorted by i, j, image; ~10×
+    and periodic images with numpy (:func:`periodic_edges`, sorted by i, j, image; 3–8×
     faster than ASE's binned search on a 192-atom water box); the others (molecules,
     mixed periodicity, large cells) go through ASE's ``primitive_neighbor_list``."""
     from ase.neighborlist import primitive_neighbor_list

@@ -178,7 +178,9 @@ class Simulation:
 
     def _boxes(self, state):
         """The box of each replica (R, ...) on the host, or None for fixed boxes."""
-        if self.integ.box(jax.tree_util.tree_map(lambda x: x[0], state)) is None:
+        # replica 0's state copied to the host first: indexing a state sharded over
+        # several devices would run an eager cross-device computation per leaf
+        if self.integ.box(jax.tree_util.tree_map(lambda x: np.asarray(x)[0], state)) is None:
             return None
         return np.asarray(jax.vmap(self.integ.box)(state))
 
