@@ -71,7 +71,7 @@ class Context:
 
 #: the smoke suite shrinks the learned models (where they take these keys): it checks the
 #: harness end to end, and compilation of the default sizes would dominate its time
-SMOKE_MODEL = {"features": 16, "n_interactions": 1}
+SMOKE_MODEL = {"features": 16, "n_interactions": 1, "correlation": 1}  # each model takes its own keys
 
 SUITE_SETTINGS = {  # repeats, target s per sample, s per chunk, timeout per job
     "smoke": (3, 0.0, 0.0, 300.0),
