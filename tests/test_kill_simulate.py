@@ -3,9 +3,9 @@ bytes as a run that was never interrupted.
 
 The run is the shipped liquid-argon example (256 atoms, NVE) cut to 6000 steps in chunks
 of 20, written as DCD (whose header counts the frames, so it is patched after every
-chunk and on resume). An uninterrupted run is timed first; four kills then land at seeded
-random delays: one before its first checkpoint appeared, three while its chunks ran
-(counted from the killed process's own first checkpoint). After each kill:
+chunk and on resume). An uninterrupted run is timed first; three kills then land at seeded
+random delays: one before its first checkpoint appeared, two while its chunks ran
+(counted from the moment the killed process's own trajectory passed step 0). After each kill:
 
 - a checkpoint exists → ``--resume`` continues from it;
 - no checkpoint yet → the same command without ``--resume`` starts again. This is the
@@ -80,21 +80,24 @@ def test_sigkill_then_resume_gives_byte_identical_results(tmp_path):
     t_checkpoint, t_run, t_done = timed_run(tmp_path / "ref")  # uninterrupted, timed
     reference = {name: (tmp_path / "ref" / name).read_bytes() for name in COMPARED}
 
-    # (after start, s) one kill before the first checkpoint; (after the first
-    # checkpoint, s) three while the chunks run: timed from each process's own first
-    # checkpoint, so a slower or faster start does not move them out of the run
+    # (after start, s) one kill before the first checkpoint; (after the chunks began, s)
+    # two while they run: timed from the moment the killed process's own trajectory grows
+    # past step 0, so a slower or faster start (a loaded machine) does not move them
+    # out of the run
+    frame = (len(reference["trajectory.dcd"]) - DCD_HEADER) // (STEPS // FRAME_EVERY + 1)
     rng = np.random.default_rng(20261130)
     kills = [("start", t) for t in rng.uniform(0.05, 1.0, 1) * t_checkpoint] + \
-        [("checkpoint", t) for t in rng.uniform(t_run - t_checkpoint - 0.2,
-                                                 t_done - t_checkpoint, 3)]
+        [("chunks", t) for t in rng.uniform(0.0, 0.5 * (t_done - t_run), 2)]
     phases = []
     for k in rng.permutation(len(kills)):
         since, delay = kills[k]
         out = tmp_path / f"kill{k}"
         ckpt = out / checkpoint.CHECKPOINT_FILE
+        traj = out / "trajectory.dcd"
         proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        while since == "checkpoint" and not ckpt.exists() and proc.poll() is None:
+        while since == "chunks" and proc.poll() is None and not (
+                traj.exists() and traj.stat().st_size > DCD_HEADER + frame):
             time.sleep(0.01)
         time.sleep(max(delay, 0.0))
         proc.send_signal(signal.SIGKILL)

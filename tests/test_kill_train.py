@@ -1,4 +1,4 @@
-"""SIGKILL ``biojax train`` at 6 seeded random moments; ``--resume`` each to completion and
+"""SIGKILL ``biojax train`` at 4 seeded random moments; ``--resume`` each to completion and
 compare with an uninterrupted run.
 
 Compared byte for byte: ``model/params.msgpack``, ``model/potential.json`` and
@@ -106,7 +106,7 @@ def kill_and_resume(config, run, after, delay):
     return state, resumed
 
 
-N_TRIALS = 6  # seeded kill moments, each followed by a resume to completion
+N_TRIALS = 4  # seeded kill moments, each followed by a resume to completion
 
 
 @pytest.mark.slow
