@@ -401,30 +401,6 @@ def test_neighbor_overflow_is_rerun_not_lost(tmp_path, size):
     np.testing.assert_allclose(fa[-1].positions, fb[-1].positions, atol=1e-4)
 
 
-def test_replicas_equal_separate_runs(tmp_path):
-    """R = 3 Langevin replicas (seeds 5, 6, 7) in one compiled program, run as vmapped
-    blocks of 2 (the last block padded), give the same observables and frames as three
-    separate runs with those seeds."""
-    base = dict(ensemble="nvt-langevin", timestep_fs=2.0, temperature_K=120.0, steps=100,
-                chunk_steps=50, observe_every=10, frame_every=50)
-    summary = Simulation(argon(), lj(), default_config(replicas=3, replica_block=2, seed=5,
-                                                       **base)).run(str(tmp_path / "rep"))
-    assert summary["replica_block"] == 2
-    for r in range(3):
-        Simulation(argon(), lj(), default_config(seed=5 + r, **base)).run(
-            str(tmp_path / f"sep{r}"))
-        a = read_csv(tmp_path / "rep" / f"replica_{r:03d}" / "observables.csv")
-        b = read_csv(tmp_path / f"sep{r}" / "observables.csv")
-        np.testing.assert_allclose(a["total_energy"], b["total_energy"], rtol=1e-5)
-        np.testing.assert_allclose(a["temperature"], b["temperature"], rtol=1e-4)
-        fa = ase.io.read(tmp_path / "rep" / f"replica_{r:03d}" / "trajectory.extxyz", ":")
-        fb = ase.io.read(tmp_path / f"sep{r}" / "trajectory.extxyz", ":")
-        np.testing.assert_allclose(fa[-1].positions, fb[-1].positions, atol=1e-4)
-    a0 = read_csv(tmp_path / "rep" / "replica_000" / "observables.csv")
-    a2 = read_csv(tmp_path / "rep" / "replica_002" / "observables.csv")
-    assert not np.allclose(a0["temperature"][1:], a2["temperature"][1:])  # seeds differ
-
-
 def test_killed_run_resumes_identically(tmp_path):
     """Langevin (stochastic, so the PRNG key must be restored): a run stopped after 2 of 4
     chunks, with a half-written chunk appended after its checkpoint (as if killed between

@@ -3,10 +3,8 @@ and bad input gets clear errors (through the CLI, as users meet them)."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -74,35 +72,6 @@ def test_training_lowers_validation_force_error_several_fold(tmp_path, ethanol_t
     assert evaluation["n_structures"] == 50
     assert evaluation["forces_mae"] < initial / 3
     assert "forces_mae" in capsys.readouterr().out
-
-
-def test_killed_run_resumes_to_identical_result(tmp_path, ethanol_train, ethanol_isolated):
-    config = write_config(tmp_path, ethanol_train, ethanol_isolated, epochs=6, n_train=80)
-    straight = tmp_path / "straight"
-    assert cli(["train", str(config), "--out", str(straight)]) == 0
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "biojax.cli", "train", str(config),
-                             "--out", str(killed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    log_path = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if log_path.exists() and len(log_path.read_text().splitlines()) >= 4:  # epochs 0..3
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = read_log(log_path)[-1]["epoch"]
-    assert 3 <= done < 6, "the kill must land mid-run"
-    assert cli(["train", str(config), "--out", str(killed), "--resume"]) == 0
-
-    a, b = load_potential(straight / "model"), load_potential(killed / "model")
-    import jax
-    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa
-    assert strip(read_log(straight / "metrics.jsonl")) == strip(read_log(log_path))
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, ethanol_train, ethanol_isolated, capsys):
