@@ -155,3 +155,29 @@ def test_learn_cli_prints_one_line_errors(cu4, tmp_path, capsys):
     assert main(["learn", str(path), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("biojax learn: error:") and "threshold" in err
+
+
+def test_frames_flagged_after_a_blow_up_are_not_candidates(cu4, tmp_path):
+    """A run that blows up keeps its trajectory frames before the blow-up, but the
+    uncertainty hook has already flagged that chunk's frames, the exploded ones too: the
+    pool keeps only candidates up to the last trajectory frame written."""
+    from biojax.learn.loop import Learner, _mark
+
+    learner = Learner(config_from_dict(_config(cu4)), str(tmp_path))
+    folder = tmp_path / "iter_000"
+    md = folder / "md" / "T400"
+    base = ase.io.read(cu4, 0)
+    for r in range(2):
+        os.makedirs(md / f"replica_{r:03d}")
+        frames = [base.copy() for _ in range(2)]
+        for a, step in zip(frames, (5, 10)):
+            a.info["step"] = step
+        ase.io.write(md / f"replica_{r:03d}" / "trajectory.extxyz", frames)
+    flagged = [base.copy() for _ in range(3)]
+    for a, step in zip(flagged, (5, 10, 15)):
+        a.info.update(step=step, replica=1, force_uncertainty=2.0)
+    ase.io.write(md / "candidates.extxyz", flagged)
+    _mark(str(folder), "md_T400", {"blew_up": "replica 1: simulation blew up at step 15"})
+    assert [a.info["step"] for a in learner._pool(str(folder))] == [5, 10]
+    _mark(str(folder), "md_T400", {"blew_up": None})  # no blow-up: every flagged frame
+    assert [a.info["step"] for a in learner._pool(str(folder))] == [5, 10, 15]

@@ -257,7 +257,10 @@ class Learner:
             name = f"T{temp:g}"
             md_dir = os.path.join(folder, "md", name)
             if self.cfg.select.pool == "candidates":
+                last = self._last_kept_step(folder, name, md_dir, temp)
                 for a in _read_frames(os.path.join(md_dir, "candidates.extxyz")):
+                    if last is not None and int(a.info.get("step", -1)) > last:
+                        continue  # flagged in the chunk that blew up, after the blow-up
                     pool.append(_plain_atoms(
                         a, temperature_K=temp, replica=int(a.info.get("replica", 0)),
                         step=int(a.info.get("step", -1)),
@@ -270,6 +273,24 @@ class Learner:
                     pool.append(_plain_atoms(a, temperature_K=temp, replica=r,
                                              step=int(a.info.get("step", -1))))
         return pool
+
+    def _last_kept_step(self, folder: str, name: str, md_dir: str, temp: float):
+        """After a blow-up, the last trajectory step kept (frames from the blow-up on are
+        not written, but the uncertainty hook may have flagged some); else None."""
+        import ase.io
+
+        from biojax.md.output import replica_dir
+
+        marker = _done(folder, f"md_{name}")
+        if marker is None or not marker.get("blew_up"):
+            return None
+        R = int(self.cfg.simulate_config(temp, 0).replicas)
+        last = -1
+        for r in range(R):
+            path = os.path.join(replica_dir(md_dir, r, R), "trajectory.extxyz")
+            if os.path.exists(path) and os.path.getsize(path):
+                last = max(last, int(ase.io.read(path, -1).info.get("step", -1)))
+        return last
 
     def step_select(self, n: int, folder: str, budget: int) -> dict:
         from biojax.data.io import read_dataset, structure_from_atoms

@@ -93,7 +93,10 @@ def farthest_point(x: np.ndarray, k: int, reference: np.ndarray | None = None
     x = np.asarray(x, np.float64)
     k = min(int(k), len(x))
     if reference is not None and len(reference):
-        d = np.min(np.linalg.norm(x[:, None] - np.asarray(reference)[None], axis=-1), axis=1)
+        ref = np.asarray(reference, np.float64)
+        d = np.concatenate([  # in blocks of rows: thousands of candidates fit in memory
+            np.min(np.linalg.norm(x[i:i + 256, None] - ref[None], axis=-1), axis=1)
+            for i in range(0, len(x), 256)])
         first = int(np.argmax(d))
     else:
         first = int(np.argmax(np.linalg.norm(x - x.mean(0), axis=1)))
