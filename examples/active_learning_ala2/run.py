@@ -590,8 +590,13 @@ def summarize(work: str, out: str, seeds, budget_s: float | None = None) -> dict
         row["md"] = {k: {"blown_up": f"{len(v['blown_up'])}/{v['replicas']}",
                          "above_threshold": round(float(np.mean(
                              v["above_threshold_fraction"])), 3),
-                         "steps": v["steps"], "wall_s": v["wall_s"]}
+                         "steps": v["steps"], "wall_s": v["wall_s"],
+                         "first_blow_up_steps": sorted(v["blown_up"].values()),
+                         "basin_fractions": dict(zip(BASIN_NAMES, np.round(np.mean(
+                             [b for b in v.get("basin_fractions", []) if b is not None]
+                             or [[np.nan] * 4], axis=0), 3).tolist()))}
                      for k, v in md.items()}
+        row["al_stop"] = (r.get("al_result") or {}).get("stop_reason")
         summ["seeds"][str(seed)] = row
     done = [v for v in summ["seeds"].values() if "al_mae" in v]
     if done:
@@ -633,6 +638,51 @@ def plot_curves(summ: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def markdown(summ: dict) -> str:
+    """README tables from summary.json: the learning curves (labels vs αR/αL force MAE)
+    of al and random per seed, the comparison at al's final label count, the labels al
+    chose by basin, and the MD check."""
+    seeds = sorted(summ["seeds"], key=int)
+    counts = sorted({x for s in seeds for key in ("al_curve", "random_curve")
+                     for x, _ in summ["seeds"][s].get(key) or []})
+    lines = ["| labels (50 + added) | " + " | ".join(
+        f"al s{s} | random s{s}" for s in seeds) + " |",
+        "|---" * (1 + 2 * len(seeds)) + "|"]
+    for n in counts:
+        cells = []
+        for s in seeds:
+            row = summ["seeds"][s]
+            for key in ("al_curve", "random_curve"):
+                v = dict(map(tuple, row.get(key) or [])).get(n)
+                cells.append("–" if v is None else f"{v:.1f}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    o = summ.get("over_seeds")
+    if o:
+        sd = (lambda x: "" if x is None else f" ± {x:.1f}")
+        lines += ["", f"At al's final label count, over {o['n']} seed(s): al "
+                  f"{o['al_mean']:.1f}{sd(o['al_std'])} vs random "
+                  f"{o['random_mean']:.1f}{sd(o['random_std'])} meV/Å (mean ± sample std); "
+                  f"al lower in {o['al_better_in']} of {o['n']}."]
+    lines += ["", "| seed | labels al chose: β/C7eq, αR, αL, other | random's: β/C7eq, αR, "
+              "αL, other |", "|---|---|---|"]
+    for s in seeds:
+        row = summ["seeds"][s]
+        a = row.get("al_selected_basins") or {}
+        b = row.get("random_basins") or {}
+        lines.append(f"| {s} | " + ", ".join(str(a.get(k, "–")) for k in BASIN_NAMES)
+                     + " | " + ", ".join(str(b.get(k, "–")) for k in BASIN_NAMES) + " |")
+    lines += ["", "| seed | model | T (K) | replicas blown up | records above threshold | "
+              "steps | wall (s) |", "|---|---|---|---|---|---|---|"]
+    for s in seeds:
+        for key, v in summ["seeds"][s].get("md", {}).items():
+            name, temp = key.split("/T")
+            lines.append(f"| {s} | {name} | {temp} | {v['blown_up']} | "
+                         f"{100 * v['above_threshold']:.1f} % | {v['steps']} | {v['wall_s']} |")
+    lines.append(f"\nLoad average when summarised: {summ.get('load_average')}; wall "
+                 f"{summ.get('wall_s')} s of {summ.get('budget_s')} s.")
+    return "\n".join(lines) + "\n"
 
 
 def suite(work: str, out: str, seeds, profile: str, budget_s: float,
@@ -686,6 +736,8 @@ def suite(work: str, out: str, seeds, profile: str, budget_s: float,
     summ = summarize(work, out, seeds, budget_s)
     summ["wall_s"] = round(time.time() - t0, 1)
     json.dump(summ, open(os.path.join(out, "summary.json"), "w"), indent=1)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(markdown(summ))
     for seed, row in summ["seeds"].items():
         print(f"seed {seed}: al {row['al_curve']}")
         print(f"seed {seed}: random {row['random_curve']}")
@@ -746,7 +798,7 @@ def report(work: str, out: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=("prepare", "al", "random", "random_at", "md", "report",
-                                      "seed", "suite", "plot"))
+                                      "seed", "suite", "plot", "markdown"))
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="al/random: SECTION.KEY=VALUE (e.g. loop.iterations=3 to stop a "
                          "run early: the stopping rule may change on --resume)")
@@ -780,6 +832,8 @@ def main(argv=None) -> int:
     elif args.stage == "suite":
         suite(work, os.path.abspath(args.out), [int(x) for x in args.seeds.split(",")],
               args.profile, args.budget_s)
+    elif args.stage == "markdown":  # README tables from a suite's summary.json
+        print(markdown(json.load(open(os.path.join(args.out, "summary.json")))))
     elif args.stage == "plot":
         plot_curves(json.load(open(os.path.join(args.out, "summary.json"))),
                     os.path.join(args.out, "learning_curves.png"))
