@@ -181,3 +181,27 @@ def test_frames_flagged_after_a_blow_up_are_not_candidates(cu4, tmp_path):
     assert [a.info["step"] for a in learner._pool(str(folder))] == [5, 10]
     _mark(str(folder), "md_T400", {"blew_up": None})  # no blow-up: every flagged frame
     assert [a.info["step"] for a in learner._pool(str(folder))] == [5, 10, 15]
+
+
+def test_the_upper_trust_bound_keeps_extreme_candidates_out_unless_too_few(cu4, tmp_path):
+    """[select] max_uncertainty: candidates above it are taken only to fill up a batch,
+    the least uncertain first."""
+    from biojax.learn.loop import Learner
+
+    base = ase.io.read(cu4, 0)
+    flagged = [base.copy() for _ in range(4)]
+    for a, (step, sig) in zip(flagged, ((5, 0.6), (10, 5.0), (15, 1.0), (20, 3.0))):
+        a.info.update(step=step, replica=0, force_uncertainty=sig)
+    folder = tmp_path / "iter_000"
+    os.makedirs(folder / "md" / "T400")
+    ase.io.write(folder / "md" / "T400" / "candidates.extxyz", flagged)
+    for k, expected in ((2, [0.6, 1.0]), (3, [0.6, 1.0, 3.0])):
+        cfg = config_from_dict(_config(cu4, **{"select.method": "random",
+                                               "select.per_iteration": k,
+                                               "select.max_uncertainty": 2.0}))
+        out = Learner(cfg, str(tmp_path)).step_select(0, str(folder), budget=10)
+        sel = ase.io.read(folder / "selected.extxyz", ":")
+        assert sorted(a.info["force_uncertainty"] for a in sel) == expected
+        assert out["above_max_uncertainty"] == 2
+    with pytest.raises(ConfigError, match="max_uncertainty = 1e-05 needs pool"):
+        config_from_dict(_config(cu4, **{"select.max_uncertainty": 1e-5}))

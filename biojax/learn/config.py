@@ -12,7 +12,7 @@
                 measure) plus ``calibrate`` (fit the scale on the validation set each
                 iteration)
 [select]        method fps | kmeans | random, per_iteration (labels per iteration),
-                pool candidates | frames
+                pool candidates | frames, max_uncertainty (eV/Å: an upper trust bound)
 [label]         engine (gfn2-xtb, emt, openmm, module:factory), options, workers
 [loop]          iterations, label_budget, time_budget_minutes, target_force_mae (meV/Å on
                 the test set, else the validation set), retrain_epochs, seed
@@ -90,10 +90,18 @@ class SelectConfig:
     method: Literal["fps", "kmeans", "random"] = "fps"
     per_iteration: int = 20
     pool: Literal["candidates", "frames"] = "candidates"
+    # eV/Å, 0: none. An upper trust bound on the candidates' scaled uncertainty: frames
+    # above it are most likely unphysical (a replica about to blow up), so the selection
+    # takes those below it and fills up with the least uncertain of the others only
+    # when fewer than per_iteration are below it.
+    max_uncertainty: float = 0.0
 
     def __post_init__(self):
         if self.per_iteration < 1:
             raise ValueError(f"[select] per_iteration must be >= 1, got {self.per_iteration}")
+        if self.max_uncertainty < 0:
+            raise ValueError(f"[select] max_uncertainty must be >= 0 eV/Å (0: none), got "
+                             f"{self.max_uncertainty}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +196,10 @@ def check_config(cfg: LearnConfig, where: str) -> LearnConfig:
         cfg.simulate_config(cfg.temperatures[0], 0)
     except ConfigError as exc:
         raise ConfigError(f"{where}: [md]: {exc}") from None
+    mx, thr = cfg.select.max_uncertainty, cfg.uncertainty.threshold
+    if mx and (cfg.select.pool != "candidates" or thr is None or mx <= thr):
+        raise ConfigError(f"{where}: [select] max_uncertainty = {mx} needs pool = "
+                          f'"candidates" and must be above [uncertainty] threshold = {thr}')
     if cfg.uncertainty.policy == "record" and cfg.select.pool == "candidates":
         raise ConfigError(f'{where}: [select] pool = "candidates" needs [uncertainty] policy '
                           '"flag" or "stop" (with "record" no frame is a candidate); use '

@@ -300,6 +300,14 @@ class Learner:
         pool = self._pool(folder)
         s = self.cfg.select
         k = min(s.per_iteration, budget)
+        above = 0
+        if s.max_uncertainty and pool:  # the upper trust bound (see SelectConfig)
+            sig = np.array([float(a.info.get("force_uncertainty", np.nan)) for a in pool])
+            ok = ~(sig > s.max_uncertainty)
+            above = int(np.sum(~ok))
+            fill = np.flatnonzero(~ok)[np.argsort(sig[~ok], kind="stable")][
+                :max(0, k - int(np.sum(ok)))]
+            pool = [pool[i] for i in sorted(np.flatnonzero(ok).tolist() + fill.tolist())]
         if not pool or k < 1:
             idx = np.zeros(0, int)
         elif s.method == "random":
@@ -315,11 +323,12 @@ class Learner:
         _write_frames(chosen, os.path.join(folder, "selected.extxyz"))
         atomic_write_text(os.path.join(folder, "selection.json"), json.dumps(
             {"method": s.method, "pool": s.pool, "pool_size": len(pool),
+             "above_max_uncertainty": above,
              "indices": [int(i) for i in idx],
              "chosen": [{k2: a.info.get(k2) for k2 in ("temperature_K", "replica", "step",
                                                        "force_uncertainty")}
                         for a in chosen]}, indent=1))
-        return {"pool": len(pool), "selected": len(chosen)}
+        return {"pool": len(pool), "selected": len(chosen), "above_max_uncertainty": above}
 
     def step_label(self, n: int, folder: str) -> dict:
         from biojax.learn.label import label_parallel

@@ -89,6 +89,7 @@ calibrate = true
 method = "{method}"
 per_iteration = {per_iteration}
 pool = "{pool}"
+max_uncertainty = {max_uncertainty}
 
 [label]
 engine = "gfn2-xtb"
@@ -110,17 +111,17 @@ PROFILES = {
     "cpu": {"features": 32, "interactions": 2, "epochs": 30, "retrain": 10, "batch": 8,
             "temperatures": [300.0, 600.0, 1000.0], "replicas": 8, "steps": 1000,
             "chunk": 200, "frame_every": 10, "policy": "stop", "threshold": 0.9,
-            "per_iteration": 24, "budget": 72, "workers": 1,
+            "per_iteration": 24, "budget": 72, "workers": 1, "max_uncertainty": 0.0,
             "md_steps": 1000, "md_replicas": 8, "md_chunk": 500},
     "gpu": {"features": 64, "interactions": 2, "epochs": 300, "retrain": 60, "batch": 8,
             "temperatures": [300.0, 500.0, 700.0, 1000.0], "replicas": 16, "steps": 2000,
             "chunk": 1000, "frame_every": 40, "policy": "flag", "threshold": 0.5,
-            "per_iteration": 84, "budget": 250, "workers": 4,
+            "per_iteration": 84, "budget": 250, "workers": 4, "max_uncertainty": 2.0,
             "md_steps": 2000, "md_replicas": 16, "md_chunk": 1000},
     "tiny": {"features": 8, "interactions": 1, "epochs": 2, "retrain": 1, "batch": 8,
              "temperatures": [300.0, 1000.0], "replicas": 2, "steps": 40, "chunk": 20,
              "frame_every": 10, "policy": "flag", "threshold": 0.5,
-             "per_iteration": 4, "budget": 8, "workers": 2,
+             "per_iteration": 4, "budget": 8, "workers": 2, "max_uncertainty": 2.0,
              "md_steps": 20, "md_replicas": 2, "md_chunk": 20},
 }
 SETTINGS = PROFILES["cpu"]  # the session-6 results (README) were run with these
@@ -172,6 +173,7 @@ def learn_config(work: str, seed: int, strategy: str, profile: str = "cpu",
                  iterations=s["budget"] // s["per_iteration"] + 2)
     else:  # one round: random frames of the initial model's MD, retrained as long as
         s.update(policy="record", method="random", pool="frames", iterations=2,  # al's
+                 max_uncertainty=0.0,
                  per_iteration=s["budget"], retrain=s["retrain"] * (s["budget"] // s[  # sum
                      "per_iteration"]))
     s["temperatures"] = json.dumps([float(t) for t in s["temperatures"]])
@@ -452,9 +454,48 @@ def random_chain(work: str, seed: int, profile: str, counts, deadline: float = 0
         points.append({"labels_added": n, "labelled_ok": keep,
                        "basins": _basin_counts(chosen), **res,
                        "wall_s": round(time.time() - t, 1)})
+        json.dump(points, open(os.path.join(out, "points.json"), "w"), indent=1)
         print(f"random chain seed {seed}: {n} labels, test F MAE "
               f"{res['test_forces_mae']:.1f} meV/A", flush=True)
     return points
+
+
+def al_rows(work: str, seed: int, res: dict) -> list:
+    """Fill ``res["al"]`` (one row per al iteration: labels, αR/αL and validation force
+    MAE, the exploration MD, the chosen frames' basins and temperatures, the selection
+    and labelling counts) and ``res["al_result"]`` from the al run's files; returns the
+    run's log.jsonl lines."""
+    s = PROFILES[res["profile"]]
+    al_dir = os.path.join(work, f"al_s{seed}")
+    log_path = os.path.join(al_dir, "log.jsonl")
+    log = [json.loads(x) for x in open(log_path)] if os.path.exists(log_path) else []
+    res["al"] = []
+    for h in log:
+        folder = os.path.join(al_dir, f"iter_{h['iteration']:03d}")
+        sel = os.path.join(folder, "selected.extxyz")
+        row = {"labels_added": h["labels_before"], "test_forces_mae": h["train"].get(
+            "test_forces_mae"), "valid_forces_mae": h["train"].get("valid_forces_mae"),
+            "uncertainty_scale": h["train"].get("uncertainty_scale"),
+            "training_seconds": h["train"].get("training_seconds")}
+        if "md" in h:
+            row["md"] = {k: {"steps": v.get("steps"), "blew_up": bool(v.get("blew_up")),
+                             "candidates": v.get("candidates"), "wall_s": v.get("wall_s")}
+                         for k, v in h["md"]["runs"].items()}
+        if os.path.exists(sel):
+            import ase.io
+
+            frames = ase.io.read(sel, ":")
+            row["selected"] = len(frames)
+            row["selected_basins"] = _basin_counts(frames)
+            row["selected_temperatures"] = {str(t): sum(1 for a in frames if a.info.get(
+                "temperature_K") == t) for t in s["temperatures"]}
+        for key in ("select", "label"):  # pool size, above the trust bound; xTB failures
+            if key in h:
+                row[key] = h[key]
+        res["al"].append(row)
+    if os.path.exists(os.path.join(al_dir, "result.json")):
+        res["al_result"] = json.load(open(os.path.join(al_dir, "result.json")))
+    return log
 
 
 def seed_pipeline(work: str, seed: int, profile: str, t_end: float,
@@ -492,36 +533,11 @@ def seed_pipeline(work: str, seed: int, profile: str, t_end: float,
         finally:
             save()
 
+    save()  # from now on summarize() finds this seed, even if it is stopped during al
     stage("al", lambda: run_learn(work, seed, "al", profile=profile,
                                   time_minutes=fractions[0] * span / 60))
     al_dir = os.path.join(work, f"al_s{seed}")
-    log_path = os.path.join(al_dir, "log.jsonl")
-    log = [json.loads(x) for x in open(log_path)] if os.path.exists(log_path) else []
-    res["al"] = []
-    for h in log:
-        folder = os.path.join(al_dir, f"iter_{h['iteration']:03d}")
-        sel = os.path.join(folder, "selected.extxyz")
-        row = {"labels_added": h["labels_before"], "test_forces_mae": h["train"].get(
-            "test_forces_mae"), "valid_forces_mae": h["train"].get("valid_forces_mae"),
-            "uncertainty_scale": h["train"].get("uncertainty_scale"),
-            "training_seconds": h["train"].get("training_seconds")}
-        if "md" in h:
-            row["md"] = {k: {"steps": v.get("steps"), "blew_up": bool(v.get("blew_up")),
-                             "candidates": v.get("candidates"), "wall_s": v.get("wall_s")}
-                         for k, v in h["md"]["runs"].items()}
-        if os.path.exists(sel):
-            import ase.io
-
-            frames = ase.io.read(sel, ":")
-            row["selected"] = len(frames)
-            row["selected_basins"] = _basin_counts(frames)
-            row["selected_temperatures"] = {str(t): sum(1 for a in frames if a.info.get(
-                "temperature_K") == t) for t in s["temperatures"]}
-        if "label" in h:
-            row["label"] = h["label"]
-        res["al"].append(row)
-    if os.path.exists(os.path.join(al_dir, "result.json")):
-        res["al_result"] = json.load(open(os.path.join(al_dir, "result.json")))
+    log = al_rows(work, seed, res)
     save()
     counts = [h["labels_before"] for h in log[1:]]
     final = {"initial": os.path.join(al_dir, "iter_000", "train", "model")}
@@ -567,9 +583,21 @@ def summarize(work: str, out: str, seeds, budget_s: float | None = None) -> dict
     runs = {}
     for seed in seeds:
         p = os.path.join(work, f"seed_{seed}.json")
-        if os.path.exists(p):
-            runs[seed] = json.load(open(p))
-            shutil.copy(p, os.path.join(out, f"seed_{seed}.json"))
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        # a seed stopped in the middle of a stage: what that stage had finished
+        if "al" not in r.get("stages", {}):
+            al_rows(work, seed, r)
+        rp = os.path.join(work, f"randomchain_s{seed}", "points.json")
+        if not r.get("random") and os.path.exists(rp) and r.get("al"):
+            r["random"] = [{k: r["al"][0][k] for k in ("labels_added", "test_forces_mae",
+                                                     "valid_forces_mae")}] + json.load(open(rp))
+        mp = os.path.join(work, f"mdcheck_s{seed}.json")
+        if not r.get("md") and os.path.exists(mp):
+            r["md"] = json.load(open(mp))
+        runs[seed] = r
+        json.dump(r, open(os.path.join(out, f"seed_{seed}.json"), "w"), indent=1)
     summ = {"seeds": {}, "budget_s": budget_s, "load_average": load_average(),
             "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for seed, r in runs.items():
