@@ -32,8 +32,9 @@ EOF
 )
 if [ -n "$missing" ]; then
   echo "active_learning_ala2: missing python packages: $missing" | tee "$OUT/missing.txt"
-  if [ -d "$ROOT/.whl" ]; then  # the wheels brought along (no internet there)
-    $PY -m pip install -q --no-index --find-links "$ROOT/.whl" $(echo "$missing" | sed 's/matplotlib//') 2>&1 | tail -3
+  wheels=$(echo "$missing" | sed 's/matplotlib//; s/jax_md/jax-md/')  # no matplotlib wheel: PNG skipped
+  if [ -d "$ROOT/.whl" ] && [ -n "${wheels// /}" ]; then  # the wheels brought along (no internet)
+    $PY -m pip install -q --no-index --find-links "$ROOT/.whl" $wheels 2>&1 | tail -3
   fi
 fi
 $PY -c "import jax; print('active_learning_ala2: jax', jax.__version__, jax.devices())"
