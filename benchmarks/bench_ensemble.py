@@ -105,7 +105,7 @@ def run_case(name: str, timeout: float = 1200, python: str = sys.executable, **k
     result = json.loads(lines[-1][7:])
     result.update(case=name, wall_s=round(time.perf_counter() - t, 1),
                   loadavg_before=load, loadavg_after=load_average())
-    print(f"  {name} {kwargs}: {result.get('steps_per_s', float('nan')):.1f} steps/s "
+    print(f"  {name} {kwargs}: {result.get('steps_per_s') or float('nan'):.1f} steps/s "
           f"(load {load})", flush=True)
     return result
 
@@ -170,6 +170,10 @@ def table(results: dict) -> str:
                  if c.get("kind") == "single" and "steps_per_s" in c), None)
     rows = results["cases"] + (results["apax"] if isinstance(results["apax"], list) else [])
     for c in rows:
+        if c.get("invalid"):
+            lines.append(f"| {c['case']} | apax {c.get('model', '')} | {c.get('members')} | "
+                         f"yes | invalid ({c['invalid']}) | | {c['loadavg_before'][0]} |")
+            continue
         if "steps_per_s" not in c:
             lines.append(f"| {c['case']} | {c.get('kind', '')} | {c.get('members')} | | "
                          f"failed | | |")
