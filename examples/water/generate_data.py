@@ -250,6 +250,71 @@ def run_stage(name, n_molecules, temperature, npt, equil_ps, prod_ps, label_ever
     return out
 
 
+def rotate(v, axis, angle):
+    """``v`` (…, 3) rotated by ``angle`` (rad) about the unit vectors ``axis`` (Rodrigues)."""
+    c, s_ = np.cos(angle)[..., None], np.sin(angle)[..., None]
+    return v * c + np.cross(axis, v) * s_ + axis * (axis * v).sum(-1, keepdims=True) * (1 - c)
+
+
+def distort(pos, rng, sigma_r=0.06, sigma_deg=8.0, n_long=4, n_short=2):
+    """Intramolecular distortions of whole molecules (O, H, H; Å), O fixed: every O–H
+    length changes by N(0, ``sigma_r``) and every H–O–H angle by N(0, ``sigma_deg``),
+    then ``n_long`` random molecules get one bond stretched to U(1.15, 1.40) Å and
+    ``n_short`` one compressed to U(0.82, 0.92) Å (the thermal 300 K spread is
+    ±0.025 Å, ±5°): what a learned potential must push back from."""
+    mol = pos.reshape(-1, 3, 3).copy()
+    n = len(mol)
+    oh = mol[:, 1:] - mol[:, :1]                       # (n, 2, 3)
+    r = np.linalg.norm(oh, axis=-1)
+    u = oh / r[..., None]
+    r_new = np.clip(r + rng.normal(0.0, sigma_r, r.shape), 0.82, 1.40)
+    pick = rng.choice(n, n_long + n_short, replace=False)
+    which = rng.integers(0, 2, n_long + n_short)
+    r_new[pick[:n_long], which[:n_long]] = rng.uniform(1.15, 1.40, n_long)
+    r_new[pick[n_long:], which[n_long:]] = rng.uniform(0.82, 0.92, n_short)
+    normal = np.cross(u[:, 0], u[:, 1])
+    normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+    half = 0.5 * np.deg2rad(np.clip(rng.normal(0.0, sigma_deg, n), -30.0, 30.0))
+    u0 = rotate(u[:, 0], normal, -half)                 # open (or close) the angle
+    u1 = rotate(u[:, 1], normal, half)                  # symmetrically about the bisector
+    mol[:, 1] = mol[:, 0] + u0 * r_new[:, :1]
+    mol[:, 2] = mol[:, 0] + u1 * r_new[:, 1:]
+    return mol.reshape(-1, 3)
+
+
+def distorted_stage(name, source, n_frames, seed):
+    """Labelled distorted frames (see :func:`distort`) from observed, unlabelled frames of
+    the cached run ``source``; cached like :func:`run_stage`."""
+    path = os.path.join(WORK, name + ".npz")
+    if os.path.exists(path):
+        log(f"{name}: cached in {path}")
+        return dict(np.load(path, allow_pickle=True))
+    rng = np.random.default_rng(seed)
+    unlabelled = np.setdiff1d(np.arange(len(source["positions"])), source["label_index"])
+    take = np.sort(rng.choice(unlabelled, n_frames, replace=False))
+    system, _, _ = build(len(source["positions"][0]) // 3, seed)
+    labeller = Labeller(system)
+    t0 = time.time()
+    positions, boxes, labels = [], [], []
+    for k, i in enumerate(take):
+        p = distort(source["positions"][i], rng)
+        b = source["boxes"][i]
+        labels.append(labeller(p / 10.0, b / 10.0))
+        positions.append(p)
+        boxes.append(b)
+        if (k + 1) % max(1, n_frames // 10) == 0:
+            log(f"{name}: {k + 1}/{n_frames} frames, {(time.time() - t0) / (k + 1):.2f} s/frame")
+    out = {"boxes": np.array(boxes), "positions": np.array(positions),
+           "label_index": np.arange(n_frames), "energy": np.array([x[0] for x in labels]),
+           "forces": np.array([x[1] for x in labels]),
+           "stress": np.array([x[2] for x in labels]), "source_index": take,
+           "seconds": time.time() - t0}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **out)
+    os.replace(tmp, path)
+    return out
+
+
 def make_frames(run, n_molecules, temperature, note):
     """Labelled frames as ASE Atoms, values rounded to keep the file small."""
     from ase import Atoms
@@ -305,11 +370,12 @@ def main(argv=None):
     note = "OpenMM SPC/Fw (biojax examples/water/generate_data.py)"
     plan = (("w64_300K_npt", "water64_300K", 64, T_REF, True, 20, 150, 0.3, 0.1, 1),
             ("w64_400K_nvt", "water64_400K", 64, 400.0, False, 10, 30, 0.3, 0.3, 2),
-            ("w216_300K_npt", "water216_300K", 216, T_REF, True, 15, 20, 1.0, 0.1, 3))
+            ("w216_300K_npt", "water216_300K", 216, T_REF, True, 15, 20, 1.0, 0.1, 3),
+            ("w64_500K_nvt", "water64_500K", 64, 500.0, False, 5, 12, 0.2, 0.2, 4))
     runs, n = {}, {}
     for key, fname, nmol, T, npt, eq, prod, every, obs, seed in plan:
         start = volume = None
-        if key == "w64_400K_nvt":  # from the end of the 300 K run, at its mean volume
+        if key in ("w64_400K_nvt", "w64_500K_nvt"):  # from the end of the 300 K run, at its mean volume
             r64 = runs["w64_300K_npt"]
             start = (r64["last_positions"], r64["last_box"])
             volume = np.abs(np.linalg.det(r64["boxes"])).mean() / 1e3
@@ -326,6 +392,17 @@ def main(argv=None):
                             "volume_A3": float(vol.mean()),
                             "wall_seconds": float(run_["seconds"])}
         log(f"{fname}: {len(n[fname])} frames, density {ref['runs'][key]['density_g_cm3']:.4f} g/cm3")
+    # distorted molecules (stretched/compressed O–H, opened/closed angles) in 300 K frames
+    n_dist = 8 if args.quick else 240
+    dist = runs["w64_distorted"] = distorted_stage("w64_distorted", runs["w64_300K_npt"], n_dist, 5)
+    n["water64_distorted"] = make_frames(dist, 64, T_REF, note + ", distorted molecules")
+    ref["runs"]["w64_distorted"] = {
+        "molecules": 64, "from": "w64_300K_npt (unlabelled observed frames)",
+        "labelled_frames": n_dist, "wall_seconds": float(dist["seconds"]),
+        "distortion": "every O–H length + N(0, 0.06 Å), every H–O–H angle + N(0, 8°) "
+                      "(clipped to ±30°); per frame 4 bonds set to U(1.15, 1.40) Å and 2 to "
+                      "U(0.82, 0.92) Å; lengths clipped to 0.82–1.40 Å"}
+    log(f"water64_distorted: {n_dist} frames")
     r, g64 = oo_rdf(runs["w64_300K_npt"]["positions"], runs["w64_300K_npt"]["boxes"])
     _, g216 = oo_rdf(runs["w216_300K_npt"]["positions"], runs["w216_300K_npt"]["boxes"])
     # the MD start (examples/water/start64.extxyz): the 300 K frame whose volume is nearest
@@ -337,17 +414,22 @@ def main(argv=None):
     ase.io.write(os.path.join(os.path.dirname(OUT) if args.quick else HERE, "start64.extxyz"),
                  start, format="extxyz")
     # the 64-molecule frames (300 K then 400 K) in one file, the 216-molecule ones in another
-    write_frames(os.path.join(OUT, "water64.extxyz.xz"), n["water64_300K"] + n["water64_400K"])
+    write_frames(os.path.join(OUT, "water64.extxyz.xz"),
+                 n["water64_300K"] + n["water64_400K"] + n["water64_500K"]
+                 + n["water64_distorted"])
     write_frames(os.path.join(OUT, "water216.extxyz.xz"), n["water216_300K"])
     ref["frames"] = {"water64.extxyz.xz": {"300 K": len(n["water64_300K"]),
-                                           "400 K": len(n["water64_400K"])},
+                                           "400 K": len(n["water64_400K"]),
+                                           "500 K": len(n["water64_500K"]),
+                                           "300 K distorted": len(n["water64_distorted"])},
                      "water216.extxyz.xz": {"300 K": len(n["water216_300K"])}}
     ref["rdf_OO"] = {"r_A": np.round(r, 4).tolist(), "g_64": np.round(g64, 4).tolist(),
                      "g_216": np.round(g216, 4).tolist(),
                      "note": "from every observed frame (0.1 ps apart) of the 300 K NPT runs"}
     with open(os.path.join(OUT, "reference.json"), "w") as f:
         json.dump(ref, f, indent=1)
-    log("done:", json.dumps({k: (v["density_g_cm3"], v["density_stderr"]) for k, v in ref["runs"].items()}))
+    log("done:", json.dumps({k: (v["density_g_cm3"], v["density_stderr"]) for k, v in ref["runs"].items()
+                             if "density_g_cm3" in v}))
 
 
 if __name__ == "__main__":
