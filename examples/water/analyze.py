@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -53,10 +54,25 @@ def analyze_run(folder, reference, skip_ps, window=(2.0, 8.0)):
     if not np.isfinite(times).all():
         times = np.linspace(0, t_ps[-1], len(frames))
     use = [a for a, t in zip(frames, times) if t >= skip_ps]
+    log_text = ""
+    if os.path.exists(os.path.join(folder, "run.log")):  # written by gpu_run.sh
+        with open(os.path.join(folder, "run.log"), errors="replace") as f:
+            log_text = f.read()
+    blew = re.search(r"simulation blew up[^\n]*", log_text)
+    if summary:
+        status = "finished" if summary.get("completed") else "stopped early"
+    elif blew:
+        status = "blew up: " + blew.group(0)[:300]
+    elif "time budget" in log_text:
+        status = "stopped by the time budget (no blow-up)"
+    else:
+        status = "stopped before the end (a blow-up or a kill: see the run's log), or running"
+    rates = re.findall(r"([0-9.]+)steps/s", log_text)
     out = {"folder": folder, "simulated_ps": float(t_ps[-1]), "frames_used": len(use),
            "skip_ps": skip_ps, "temperature_K": float(obs["temperature"][keep].mean()),
-           "status": ("finished" if summary.get("completed") else "stopped early") if summary
-           else "stopped before the end (a blow-up or a kill: see the run's log), or running"}
+           "status": status, "blew_up": bool(blew),
+           "steps_per_s": (summary.get("steps_per_s") if summary
+                           else float(rates[-1]) if rates else None)}
     if use:
         r, g = oo_rdf([a.positions for a in use], [a.cell.array for a in use])
         ref_r = np.array(reference["rdf_OO"]["r_A"])
@@ -73,6 +89,7 @@ def analyze_run(folder, reference, skip_ps, window=(2.0, 8.0)):
         ref_rho = reference["runs"]["w64_300K_npt"]["density_g_cm3"]
         out["density_g_cm3"] = float(rho.mean())
         out["density_stderr"] = block_error(rho)
+        out["density_blocks"] = [float(b.mean()) for b in np.array_split(rho, 5) if len(b)]
         out["density_ref_g_cm3"] = ref_rho
         out["density_deviation_percent"] = float(100 * (rho.mean() / ref_rho - 1))
         if "pressure_bar" in obs:
@@ -90,26 +107,29 @@ def main(argv=None):
         reference = json.load(f)
     results = [analyze_run(r, reference, args.skip_ps) for r in args.runs]
     os.makedirs(args.out, exist_ok=True)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(reference["rdf_OO"]["r_A"], reference["rdf_OO"]["g_64"], "k-", lw=2,
-            label="OpenMM SPC/Fw (64 molecules)")
-    for res in results:
-        if "_rdf" in res:
-            r, g = res.pop("_rdf")
-            ax.plot(r, g, "--", label=f"{os.path.basename(res['folder'].rstrip('/'))} "
-                    f"(RMSE {res['rdf_rmse_2_8']:.3f})")
-    ax.set_xlabel("r (Å)")
-    ax.set_ylabel("g_OO(r)")
-    ax.set_xlim(2, 8)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "rdf.png"), dpi=120)
-    with open(os.path.join(args.out, "water_md.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    curves = [(res["folder"], res.pop("_rdf")) for res in results if "_rdf" in res]
+    with open(os.path.join(args.out, "water_md.json"), "w") as f:  # before the plot:
+        json.dump(results, f, indent=1)                             # matplotlib is optional
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not available: no rdf.png")
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(reference["rdf_OO"]["r_A"], reference["rdf_OO"]["g_64"], "k-", lw=2,
+                label="OpenMM SPC/Fw (64 molecules)")
+        rmse = {res["folder"]: res.get("rdf_rmse_2_8") for res in results}
+        for folder, (r, g) in curves:
+            ax.plot(r, g, "--", label=f"{os.path.basename(folder.rstrip('/'))} "
+                    f"(RMSE {rmse[folder]:.3f})")
+        ax.set_xlabel("r (Å)")
+        ax.set_ylabel("g_OO(r)")
+        ax.set_xlim(2, 8)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, "rdf.png"), dpi=120)
     print(json.dumps(results, indent=1))
 
 
