@@ -47,8 +47,13 @@ def analyze_run(folder, reference, skip_ps, window=(2.0, 8.0)):
             summary = json.load(f)
     t_ps = obs["time_fs"] / 1000.0
     keep = t_ps >= skip_ps
-    frames = ase.io.read(os.path.join(folder, "trajectory.extxyz"), ":")
-    n_mol = len(frames[0]) // 3
+    frames = []
+    try:  # a run killed mid-write may leave a truncated last frame: keep the whole ones
+        for a in ase.io.iread(os.path.join(folder, "trajectory.extxyz"), ":"):
+            frames.append(a)
+    except Exception as e:  # noqa: BLE001
+        print(f"{folder}: trajectory read stopped after {len(frames)} frames ({e})")
+    n_mol = len(frames[0]) // 3 if frames else 64
     # frame times from the observables' step spacing: frames are written every frame_every
     times = np.array([float(a.info.get("time_fs", np.nan)) / 1000.0 for a in frames])
     if not np.isfinite(times).all():

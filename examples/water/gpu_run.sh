@@ -74,7 +74,7 @@ for n in nvt npt; do
     if [ -s "$WORK/$n/observables.csv" ] && [ -s "$WORK/$n/trajectory.extxyz" ]; then RUNS+=("$WORK/$n"); fi
 done
 if [ ${#RUNS[@]} -gt 0 ]; then
-    timeout $(( BUDGET - ($(date +%s) - T_START) - 5 > 10 ? BUDGET - ($(date +%s) - T_START) - 5 : 10 )) \
+    timeout $(( BUDGET - ($(date +%s) - T_START) - 20 > 10 ? BUDGET - ($(date +%s) - T_START) - 20 : 10 )) \
         python3 $HERE/analyze.py "${RUNS[@]}" --skip-ps "$SKIP" --out "$OUT" > "$OUT/analyze.log" 2>&1 \
         || echo "analysis failed or timed out (see analyze.log)"
 else
@@ -90,7 +90,8 @@ for n in nvt npt; do
         [ -f "$d/$f" ] && cp "$d/$f" "$OUT/$n/"
     done
     if [ -f "$d/trajectory.extxyz" ]; then
-        xz -T1 -6 -c "$d/trajectory.extxyz" > "$OUT/$n/trajectory.extxyz.xz"
+        timeout 8 xz -T1 -6 -c "$d/trajectory.extxyz" > "$OUT/$n/trajectory.extxyz.xz" \
+            || { rm -f "$OUT/$n/trajectory.extxyz.xz"; echo "trajectory of $n not compressed in time: not kept" >> "$OUT/$n/run.log"; }
         if [ "$(stat -c %s "$OUT/$n/trajectory.extxyz.xz")" -gt 9000000 ]; then
             rm -f "$OUT/$n/trajectory.extxyz.xz"
             echo "trajectory of $n over 9 MB compressed: not kept" >> "$OUT/$n/run.log"
@@ -99,7 +100,7 @@ for n in nvt npt; do
 done
 rm -rf "$WORK"
 
-python3 - "$OUT/water_md.json" <<'PY' || true
+[ -f "$OUT/water_md.json" ] && python3 - "$OUT/water_md.json" <<'PY' || true
 import json, sys
 for r in json.load(open(sys.argv[1])):
     name = r["folder"].rstrip("/").split("/")[-1]
