@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 START = os.path.join(ROOT, "examples", "water", "start64.extxyz")
 RESULTS = os.path.join(HERE, "results")
-CUTOFF = 4.5  # Å, the water recipe's (examples/water/train_painn.toml)
+CUTOFF = 4.5  # Å, the session-6 water recipe (now 4.0 Å); the committed numbers are at 4.5 Å
 PAINN = {"name": "painn", "features": 32, "n_interactions": 2, "n_basis": 16}
 BIOJAX_MACE = {"name": "mace"}  # its registered defaults
 # mlip's MACE sized as in biojax.bench.mlip_peer (32 channels, l_max 2, 2 layers)
