@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     a = p.parse_args(argv)
     rows = []
-    for arch_name, cutoff in (("painn-64x3", 5.0), ("painn-32x2", 4.5)):
+    for arch_name, cutoff in (("painn-64x3", 5.0), ("painn-32x2", 4.5), ("painn-32x2", 4.0)):
         for data, n in (("ethanol", 200), ("water64", 24)):
             r = measure(data, ARCHS[arch_name], cutoff, 4, n, a.repeats)
             r["arch_name"] = arch_name
