@@ -72,7 +72,9 @@ class Simulation:
         ``config.replica_exchange``): ``wrap_terms(terms)``, ``setup(sim)``,
         ``start(sim, run)``, ``after_chunk(sim, run, out)``, ``columns(r)`` (extra
         observable columns of replica r), ``state_dict()``/``load_state_dict(d)`` (kept
-        in the checkpoint), ``summary()``, ``progress()``.
+        in the checkpoint), ``summary()``, ``progress()``, and optionally
+        ``stops(sim, run, obs, frames, n_frames, out)``; ``biojax.md.hooks.SimulationHook``
+        has do-nothing defaults for all of them.
     """
 
     def __init__(self, atoms: ase.Atoms | Sequence[ase.Atoms], potential: Potential,

@@ -27,6 +27,7 @@ from typing import Callable, Literal
 import numpy as np
 
 from biojax.core.errors import ConfigError
+from biojax.md.hooks import SimulationHook
 
 CANDIDATES_FILE = "candidates.extxyz"
 OBSERVABLE = "force_uncertainty"
@@ -54,7 +55,7 @@ class UncertaintyConfig:
             raise ValueError(f"scale must be > 0, got {self.scale}")
 
 
-class UncertaintyMonitor:
+class UncertaintyMonitor(SimulationHook):
     """The host side of a run's uncertainty policy (see the module docstring), a
     Simulation hook: ``observables`` ({"force_uncertainty": fn(state, **kw)}) recorded
     with the others; ``stops(sim, run, obs, frames, n_frames, out)`` → ``{replica: last
@@ -77,21 +78,6 @@ class UncertaintyMonitor:
         self._truncate_to: int | None = 0  # a fresh run: drop an earlier run's candidates
 
     # ---------------------------------------------------------------- the hook protocol
-    def wrap_terms(self, terms: list) -> list:
-        return terms
-
-    def setup(self, sim) -> None:
-        pass
-
-    def start(self, sim, run):
-        return run
-
-    def after_chunk(self, sim, run, out) -> None:
-        pass
-
-    def columns(self, r: int) -> dict:
-        return {}
-
     def progress(self) -> dict:
         return {"stopped": len(self.stopped)} if self.cfg.policy == "stop" else {}
 

@@ -47,6 +47,7 @@ import numpy as np
 from biojax.core.errors import ConfigError, SimulationError
 from biojax.core.registry import biases, resolve
 from biojax.core.units import KB
+from biojax.md.hooks import SimulationHook
 from biojax.md.terms import EnergyTerm, System
 from biojax.sampling.cv import CV, cvs_from_tables
 
@@ -562,7 +563,7 @@ class HookedTerm(EnergyTerm):
     hook = None
 
 
-class GridExitCheck:
+class GridExitCheck(SimulationHook):
     """Simulation hook of a metad bias with ``outside = "error"``: after each chunk,
     before its output is written, a SimulationError if any replica's ``L.outside``
     count grew (the walker left the grid of a non-periodic CV). The last count per
@@ -574,27 +575,9 @@ class GridExitCheck:
         self.walls = (wall_lower, wall_upper, wall_kappa)
         self.seen: list[int] | None = None
 
-    def wrap_terms(self, terms: list) -> list:
-        return terms
-
-    def setup(self, sim) -> None:
-        pass
-
     def start(self, sim, run):
         self.seen = None
         return run
-
-    def after_chunk(self, sim, run, out) -> None:
-        pass
-
-    def columns(self, r: int) -> dict:
-        return {}
-
-    def progress(self) -> dict:
-        return {}
-
-    def summary(self) -> dict:
-        return {}
 
     def state_dict(self) -> dict:
         return {"metad_outside": self.seen}
