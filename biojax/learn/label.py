@@ -57,9 +57,10 @@ def label_parallel(frames: Sequence[Atoms], engine: str = "gfn2-xtb",
                    ) -> tuple[list[Atoms], list[dict]]:
     """Label ``frames`` (energy eV, forces eV/Å, as SinglePointCalculator results) with
     ``engine`` in ``workers`` processes (0: in this process, one after another). Returns
-    (labelled frames in input order, without the failed ones; failures ``[{"index": i, "error": message}]``). ``on_done(n)`` is
-    called after each structure (progress). A bad engine name or option is a
-    ConfigError raised here, before any work is sent."""
+    (labelled frames in input order, without the failed ones; failures
+    ``[{"index": i, "error": message}]``). ``on_done(n)`` is called after each structure
+    (progress). A bad engine name or option is a ConfigError raised here, before any
+    work is sent."""
     if workers < 0:
         raise ConfigError(f"label: workers must be >= 0 (0: in this process), got {workers}")
     options = dict(options or {})
