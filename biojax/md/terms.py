@@ -56,6 +56,9 @@ class EnergyTerm(NamedTuple):
     # sync(states) -> states on the replica-stacked states (leading replica axis), after
     # init and after every chunk: what couples replicas (multiple walkers' shared bias)
     sync: Callable | None = None
+    # a host-side Simulation hook the term brings (biojax.md.hooks; the metad grid-exit
+    # check); the Simulation adds it to its hooks
+    hook: Any = None
 
 
 def as_energy_term(term: Any) -> EnergyTerm:

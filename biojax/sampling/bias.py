@@ -548,19 +548,11 @@ def metad(system: System, context=None, cv=(), sigma=None, height: float = 0.0,
             states["grid"], states["base"])
         return {**states, "grid": merged, "base": merged}
 
-    term = EnergyTerm(energy, init, update, observe, sync)
-    if outside == "error" and not all(periodic):
-        term = HookedTerm(*term)
-        term.hook = GridExitCheck(lab, [c.name for c in cvs], lo, hi, periodic, wl, wu,
-                                  wall_kappa)
-    return term
-
-
-class HookedTerm(EnergyTerm):
-    """An EnergyTerm that brings a host-side Simulation hook (attribute ``hook``; the
-    Simulation adds it to its hooks)."""
-
     hook = None
+    if outside == "error" and not all(periodic):
+        hook = GridExitCheck(lab, [c.name for c in cvs], lo, hi, periodic, wl, wu,
+                             wall_kappa)
+    return EnergyTerm(energy, init, update, observe, sync, hook)
 
 
 class GridExitCheck(SimulationHook):
