@@ -185,3 +185,30 @@ forces_weight = 100.0
     data = read_dataset(ethanol_train)[:2]
     out = jax.device_get(batch_spread(model, model.params, _batch(data, model, 2)))
     assert np.all(out["force_std"][np.asarray(_batch(data, model, 2).node_mask)] > 0)
+
+
+def test_bootstrap_members_each_train_on_their_own_resample(ethanol, trio):
+    from biojax.train.loop import bootstrap_order, bootstrap_samples, device_batches
+
+    samples = bootstrap_samples(6, [1, 2])
+    assert samples.shape == (2, 6) and not np.array_equal(samples[0], samples[1])
+    order = bootstrap_order(samples, 3, [0, 1]).reshape(2, 2, 3)  # (step, member, batch)
+    for k in range(2):  # an epoch visits member k's resample, as a multiset
+        np.testing.assert_array_equal(np.sort(order[:, k].ravel()), np.sort(samples[k]))
+    # the member-batched vmapped step equals each member stepping on its own batches
+    ens = init_ensemble(ARCH, _elements(ethanol), CUTOFF, None, seeds=(1, 2), scale=0.5)
+    data = GraphDataset(ethanol, CUTOFF, ens.species_of, ens.reference_energy)
+    loss = combine(energy(1.0), forces(10.0))
+    tx = make_optimizer(TrainingConfig())
+    state = init_train_state(ens, tx)
+    step = make_train_step(ens, tx, loss, 0.9, member_batches=True)
+    for batch in device_batches(data, 6, order.reshape(-1), 2):
+        state, value = step(state, batch, np.float32(3e-3))
+    single = make_train_step(trio[1], tx, loss, 0.9)
+    for k, m in enumerate(trio[1:]):
+        s = init_train_state(m, tx)
+        for idx in order[:, k]:
+            s, v = single(s, next(data.batches(3, idx)), np.float32(3e-3))
+        assert float(v) == pytest.approx(float(value[k]), rel=1e-4)
+    with pytest.raises(ValueError, match="bootstrap = true .*ensemble = K"):
+        TrainingConfig(bootstrap=True)

@@ -80,11 +80,17 @@ class TrainingConfig:
     # vmapped program and saved as one model (biojax.nn.ensemble); a shallow ensemble is
     # [model] heads = K instead
     ensemble: int = 1
+    # a full ensemble's members each train on their own bootstrap resample of the training
+    # set (N draws with replacement, seeded by the member's seed) instead of all of it
+    bootstrap: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "plateau_patience", "ensemble"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1")
+        if self.bootstrap and self.ensemble < 2:
+            raise ValueError("bootstrap = true resamples the data per member of a full "
+                             f"ensemble: set ensemble = K >= 2 (got ensemble = {self.ensemble})")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
         if not 0 < self.plateau_factor < 1:

@@ -84,9 +84,12 @@ DATA_AXIS = "data"
 
 
 def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float,
-                    mesh=None) -> Callable:
+                    mesh=None, member_batches: bool = False) -> Callable:
     """jit(state, batch, learning_rate) -> (state, loss): one optimiser step and an EMA
     update.
+
+    A full ensemble steps every member (vmapped); with ``member_batches`` the batch has
+    a leading member axis, each member its own (bootstrap: :func:`bootstrap_order`).
 
     With a ``mesh`` (axis ``DATA_AXIS``) the step is data-parallel: ``batch`` is a
     GraphBatch with a leading device axis (:func:`device_batches`), each device computes
@@ -99,7 +102,7 @@ def make_train_step(potential: Potential, tx, loss: Loss, ema_decay: float,
         raise ConfigError("ensembles train on one device: set [training] devices = 1")
     if kind == "full":  # every member its own step (optimiser state, clipping, EMA), vmapped
         single = make_train_step(member_potential(potential), tx, loss, ema_decay)
-        return jax.jit(jax.vmap(single, in_axes=(0, None, None)))
+        return jax.jit(jax.vmap(single, in_axes=(0, 0 if member_batches else None, None)))
 
     def loss_fn(params, batch):
         if kind == "shallow":  # each head fits the data: the mean of the heads' losses
@@ -146,6 +149,25 @@ def init_train_state(potential: Potential, tx) -> TrainState:
 def _step_of(state: TrainState) -> int:
     """The optimiser step count (every member of an ensemble has the same)."""
     return int(np.asarray(state.step).reshape(-1)[0])
+
+
+def bootstrap_samples(n: int, seeds) -> np.ndarray:
+    """(K, n) structure indices: member k's bootstrap resample of a training set of ``n``
+    structures (n draws with replacement, seeded by the member seed ``seeds[k]``)."""
+    return np.stack([np.random.default_rng([int(s), 1732]).integers(0, n, n) for s in seeds])
+
+
+def bootstrap_order(samples: np.ndarray, batch_size: int, epoch_seed) -> np.ndarray:
+    """One epoch's order for :func:`device_batches` with one group per member: member k's
+    resample ``samples[k]`` shuffled (seeded by ``epoch_seed`` and k), cut into batches of
+    ``batch_size``, the members' batches interleaved (step s holds every member's s-th
+    batch, member 0 first), the last incomplete batch dropped."""
+    k, n = samples.shape
+    steps = n // batch_size
+    shuffled = np.stack([samples[m][np.random.default_rng([*np.atleast_1d(epoch_seed), m])
+                                    .permutation(n)] for m in range(k)])
+    return shuffled[:, :steps * batch_size].reshape(k, steps, batch_size).transpose(
+        1, 0, 2).reshape(-1)
 
 
 def device_batches(dataset: GraphDataset, batch_size: int, order, n_devices: int):
@@ -557,7 +579,13 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
     parallel.check_divisible(batch_size, mesh, "batch_size", "[training] devices")
     tx = make_optimizer(t)
     state = init_train_state(potential, tx)
-    train_step = make_train_step(potential, tx, loss, t.ema_decay, mesh)
+    samples = (bootstrap_samples(len(datasets["train"]), [t.seed + k for k in range(t.ensemble)])
+               if t.bootstrap else None)
+    if samples is not None:
+        log("bootstrap: the members see "
+            + ", ".join(str(len(np.unique(m))) for m in samples)
+            + f" distinct structures of {len(datasets['train'])}")
+    train_step = make_train_step(potential, tx, loss, t.ema_decay, mesh, t.bootstrap)
     compute_stress = loss.needs_stress or any(s.stress is not None for s in splits["valid"])
     predict_fn = make_predict_fn(potential, compute_stress, loss)
 
@@ -590,7 +618,7 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
     def switch_loss():  # the loss-weight switch (biojax.train.schedule.switch_due)
         new = t.switched_loss()
         stress = new.needs_stress or any(s.stress is not None for s in splits["valid"])
-        return (new, make_train_step(potential, tx, new, t.ema_decay, mesh),
+        return (new, make_train_step(potential, tx, new, t.ema_decay, mesh, t.bootstrap),
                 make_predict_fn(potential, stress, new))
 
     if progress.get("loss_stage", 0):  # resumed after the switch
@@ -621,9 +649,14 @@ def _train(config: TrainConfig, workdir: str, resume: bool, log, show_progress: 
                     + ", ".join(f"{term.name} {term.weight:g}" for term in loss.terms)
                     + " (the best-model record restarts)")
             first_lr = lr_schedule.learning_rate(sched, t, step, steps_per_epoch, fraction)
-            batches = (datasets["train"].batches(batch_size, order, drop_last=True)
-                       if mesh is None else
-                       device_batches(datasets["train"], batch_size, order, n_devices))
+            if samples is not None:  # every member its own batch of its resample
+                batches = device_batches(datasets["train"], batch_size * t.ensemble,
+                                         bootstrap_order(samples, batch_size, [t.seed, epoch]),
+                                         t.ensemble)
+            elif mesh is None:
+                batches = datasets["train"].batches(batch_size, order, drop_last=True)
+            else:
+                batches = device_batches(datasets["train"], batch_size, order, n_devices)
             for k, batch in enumerate(batches):
                 lr = lr_schedule.learning_rate(sched, t, step + k, steps_per_epoch, fraction)
                 state, batch_loss = train_step(state, batch, np.asarray(lr, dtype))
