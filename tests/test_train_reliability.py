@@ -411,6 +411,21 @@ def test_valid_file_means_every_training_frame_is_trained_on(data, config, tmp_p
     assert [len(splits[k]) for k in ("train", "valid", "test")] == [25, 10, 5]
     assert "held out: 5 for test (n_test = 5)" in logged[0]
     assert f"5 test frames split from {tmp_path / 't.xyz'}" in logged[2]
+    # extra_train_files: every frame trained on, after train_file's; a frame lacking a
+    # label is named in its own file
+    extra = read(data / "train.xyz", index=":4")
+    write(tmp_path / "extra.xyz", extra)
+    logged.clear()
+    splits = load_splits(load_train_config(config, base + [
+        f'data.extra_train_files=["{tmp_path / "extra.xyz"}"]']), log=logged.append)
+    assert [len(splits[k]) for k in ("train", "valid", "test")] == [34, 10, 0]
+    np.testing.assert_allclose(splits["train"][-1].positions, extra[-1].positions)
+    assert f"4 more training frames of {tmp_path / 'extra.xyz'}" in logged[-1]
+    extra[2].calc = None
+    write(tmp_path / "extra.xyz", extra)
+    with pytest.raises(DataError, match=r"extra.xyz frame 2: no "):
+        load_splits(load_train_config(config, base + [
+            f'data.extra_train_files=["{tmp_path / "extra.xyz"}"]']), log=logged.append)
 
 
 def test_learning_rate_schedules():

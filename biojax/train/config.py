@@ -21,6 +21,10 @@ class DataConfig:
         default="", metadata={"path": True})
     isolated_atoms: str = dataclasses.field(  # empty: reference energies by least squares
         default="", metadata={"path": True})
+    # more files whose frames are all trained on (none split off), after train_file's
+    # training frames: e.g. frames labelled where an earlier model's MD went
+    extra_train_files: tuple[str, ...] = dataclasses.field(default=(),
+                                                           metadata={"path": True})
     n_train: int = 0  # 0: all remaining frames
     n_valid: float = 0.1  # held out of train_file unless valid_file is given
     # frames of train_file held out as the test set; None (not given): none. Only a

@@ -326,6 +326,12 @@ def load_splits(config: TrainConfig, log=print, loss: Loss | None = None
         log(f"data: {len(splits['test'])} test frames split from {d.train_file} (seed {d.seed})")
     else:
         log("data: no test set (give test_file, or n_test to hold out frames of train_file)")
+    for path in d.extra_train_files:
+        extra = read_dataset(path)
+        require_labels(extra, path, "energy" in weighted, "forces" in weighted,
+                       "stress" in weighted, loss.labels)
+        splits["train"] = splits["train"] + list(extra)
+        log(f"data: {len(extra)} more training frames of {path} (extra_train_files)")
     return splits
 
 
