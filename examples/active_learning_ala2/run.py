@@ -118,6 +118,12 @@ PROFILES = {
             "chunk": 1000, "frame_every": 40, "policy": "flag", "threshold": 0.5,
             "per_iteration": 84, "budget": 250, "workers": 4, "max_uncertainty": 2.0,
             "md_steps": 2000, "md_replicas": 16, "md_chunk": 1000},
+    # the 300-label must-show on the 2-core CPU (session 8): 3 seeds on 2 cores in 40 min
+    "cpu300": {"features": 32, "interactions": 2, "epochs": 100, "retrain": 25, "batch": 8,
+               "temperatures": [300.0, 500.0, 700.0, 1000.0], "replicas": 8, "steps": 1000,
+               "chunk": 500, "frame_every": 20, "policy": "flag", "threshold": 0.5,
+               "per_iteration": 84, "budget": 250, "workers": 1, "max_uncertainty": 2.0,
+               "md_steps": 1000, "md_replicas": 8, "md_chunk": 500},
     "tiny": {"features": 8, "interactions": 1, "epochs": 2, "retrain": 1, "batch": 8,
              "temperatures": [300.0, 1000.0], "replicas": 2, "steps": 40, "chunk": 20,
              "frame_every": 10, "policy": "flag", "threshold": 0.5,
