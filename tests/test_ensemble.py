@@ -64,6 +64,10 @@ def test_identical_members_have_zero_spread_and_distinct_members_do_not(ethanol,
     mask = np.asarray(batch.node_mask)
     assert np.all(out["force_std"][mask] > 0) and np.all(out["force_std"][~mask] == 0)
     np.testing.assert_allclose(out["forces"], out["member_forces"].mean(0), atol=1e-6)
+    from biojax.train.losses import predict  # each member's forces, as a model alone
+    for k, m in enumerate(trio):
+        np.testing.assert_allclose(out["member_forces"][k][mask], np.asarray(
+            predict(m, m.params, batch, False)["forces"])[mask], rtol=1e-4, atol=1e-5)
     f_std = np.sqrt(np.var(out["member_forces"], 0).mean(-1))
     np.testing.assert_allclose(out["force_std"][mask], f_std[mask], rtol=1e-4)
     g = np.asarray(batch.graph_index)[mask]

@@ -197,6 +197,28 @@ def _member_atomic(potential, params, graph):
     return jax.vmap(lambda o: potential._scaled(o, graph.species, graph.node_mask))(outs)
 
 
+def _member_atomic_and_forces(potential, params, graph_of: Callable, positions):
+    """Per-member per-atom energies (K, N) eV and forces (K, N, 3) eV/Å at ``positions``
+    (``graph_of(positions)`` builds the graph). A full ensemble differentiates each member
+    on its own (vmap of one member's gradient: K member passes); the reverse-mode Jacobian
+    of the K member energies would push each of K cotangents back through all K members
+    (K² member passes). A shallow one shares its trunk, so its Jacobian costs K passes."""
+    model = potential.model
+    if model.kind == "full":
+        def one(p, x):
+            graph = graph_of(x)
+            atomic = potential._scaled(model.member.apply(p, graph), graph.species,
+                                       graph.node_mask)
+            return jnp.sum(atomic), atomic
+
+        grad = jax.vmap(jax.grad(one, argnums=1, has_aux=True), in_axes=(0, None))
+        g, atomic = grad(params, positions)
+        return atomic, -g
+    atomic = _member_atomic(potential, params, graph_of(positions))
+    g = jax.jacrev(lambda x: jnp.sum(_member_atomic(potential, params, graph_of(x)), axis=1))
+    return atomic, -g(positions)
+
+
 def _var(x):
     """Variance over the member axis 0 (ddof = 0), from deviations to member 0: exactly
     zero for identical members (the plain mean of K equal float32 numbers need not be
@@ -223,13 +245,10 @@ def batch_spread(potential, params, batch) -> dict:
     _require(potential)
     n_graphs = batch.graph_mask.shape[0]
 
-    def energies(positions):
-        e = _member_atomic(potential, params, batch_graph(positions, batch))
-        return jax.vmap(lambda x: jax.ops.segment_sum(x, batch.graph_index,
-                                                      num_segments=n_graphs))(e)
-
-    member_e = energies(batch.positions)
-    member_f = -jax.jacrev(lambda x: jnp.sum(energies(x), axis=1))(batch.positions)
+    atomic, member_f = _member_atomic_and_forces(
+        potential, params, lambda x: batch_graph(x, batch), batch.positions)
+    member_e = jax.vmap(lambda x: jax.ops.segment_sum(x, batch.graph_index,
+                                                      num_segments=n_graphs))(atomic)
     f_std = jnp.where(batch.node_mask, _force_std(member_f), 0.0)
     n = jax.ops.segment_sum(batch.node_mask.astype(f_std.dtype), batch.graph_index,
                             num_segments=n_graphs)
@@ -252,16 +271,13 @@ def spread_fn(potential, displacement_fn: Callable, numbers: Sequence[int],
     _require(potential)
     species = jnp.asarray(potential.species_of(numbers))
 
-    def energies(positions, neighbor, p, **kw):
-        graph = neighbor_graph(positions, neighbor, species, displacement_fn, **kw)
-        return jnp.sum(_member_atomic(potential, p, graph), axis=1)
-
     def spread(positions, neighbor, **kw):
         p = potential.params if params is None else params
-        e = energies(positions, neighbor, p, **kw)
-        f = -jax.jacrev(energies)(positions, neighbor, p, **kw)
+        atomic, f = _member_atomic_and_forces(
+            potential, p, lambda x: neighbor_graph(x, neighbor, species, displacement_fn, **kw),
+            positions)
         f_std = _force_std(f)
-        return {"energy_std": _std(e), "force_std": f_std,
+        return {"energy_std": _std(jnp.sum(atomic, axis=1)), "force_std": f_std,
                 "force_std_max": jnp.max(f_std), "force_std_mean": jnp.mean(f_std)}
 
     return spread
