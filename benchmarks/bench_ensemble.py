@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     from biojax.bench.machine import host_info, jax_info
 
     results = {"machine": {"host": host_info(), "jax": jax_info()},
-               "note": ("2-core CPU shared with other work (load ~20: other helpers' runs and "
-                        "this helper's calibration runs): see loadavg per case"),
+               "note": ("each case in its own process, one after another; the load average "
+                        "when each case ended is in its row"),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cases": []}
     steps = args.steps
     plan = [("single", 1, False), ("full", 4, False), ("full", 4, True), ("full", 8, False),
