@@ -106,7 +106,7 @@ def kill_and_resume(config, run, after, delay):
     return state, resumed
 
 
-N_TRIALS = 4  # seeded kill moments, each followed by a resume to completion
+N_TRIALS = 2  # seeded kill moments (start-up, mid-training), each resumed to completion
 
 
 @pytest.mark.slow
@@ -129,8 +129,9 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(
     rng = np.random.default_rng(20261130)
     moments = []
     for trial in range(N_TRIALS):
-        # trial 0: always during start-up (before the first checkpoint exists)
-        after = 0 if trial == 0 else int(rng.integers(0, EPOCHS + 1))
+        # trial 0: always during start-up (before the first checkpoint exists); then
+        # after a random number of logged epochs, before the last
+        after = 0 if trial == 0 else int(rng.integers(1, EPOCHS))
         delay = float(rng.uniform(0.5, 4.0)) if after == 0 else float(rng.uniform(0, 0.05))
         moments.append((after, delay))
     with ThreadPoolExecutor(2) as pool:  # two runs at a time (each is mostly one core)
@@ -147,7 +148,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(
         assert sorted(p.name for p in run.iterdir()) == sorted(
             p.name for p in reference.iterdir()), trial
     kills = [k for k in killed_at if k[1] == -signal.SIGKILL]
-    assert len(kills) >= N_TRIALS - 2, killed_at  # (a run may rarely finish before its moment)
+    assert len(kills) == N_TRIALS, killed_at
     assert any(not k[3] for k in kills), "no kill landed before the first checkpoint"
     assert any(0 < k[2] < EPOCHS for k in kills), "no kill landed mid-training"
     print(f"reference run {reference_seconds:.1f} s; kills ((after lines, delay s), status, "
