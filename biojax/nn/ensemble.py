@@ -214,9 +214,12 @@ def _member_atomic_and_forces(potential, params, graph_of: Callable, positions):
         grad = jax.vmap(jax.grad(one, argnums=1, has_aux=True), in_axes=(0, None))
         g, atomic = grad(params, positions)
         return atomic, -g
-    atomic = _member_atomic(potential, params, graph_of(positions))
-    g = jax.jacrev(lambda x: jnp.sum(_member_atomic(potential, params, graph_of(x)), axis=1))
-    return atomic, -g(positions)
+    def members(x):
+        atomic = _member_atomic(potential, params, graph_of(x))
+        return jnp.sum(atomic, axis=1), atomic
+
+    g, atomic = jax.jacrev(members, has_aux=True)(positions)  # one forward pass
+    return atomic, -g
 
 
 def _var(x):

@@ -24,7 +24,6 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 DATA = os.path.join(HERE, "..", "data", "water", "water64.extxyz.xz")
-BAR = 1e5 / 1.602176634e-19 * 1e-30  # eV/Å³ per bar → 1 bar = 6.2415e-7 eV/Å³
 
 
 def main(argv=None):
@@ -35,6 +34,7 @@ def main(argv=None):
     import ase.io
 
     from biojax.calculator import BiojaxCalculator
+    from biojax.core.units import BAR  # 1 bar in eV/Å³
     from biojax.nn.io import load_potential
     from generate_data import Labeller, build
 

@@ -26,7 +26,6 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-BAR_PER_EV_A3 = 1.602176634e-19 / 1e-30 / 1e5  # 1 eV/Å³ = 1.602e6 bar
 
 
 def whole_molecules(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
@@ -44,6 +43,8 @@ def whole_molecules(positions: np.ndarray, cell: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     import ase.io
     import generate_data as gen
+
+    from biojax.core.units import BAR
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="biojax simulate output directories")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         b.info["source_run"] = os.path.basename(os.path.normpath(src))
     gen.write_frames(os.path.abspath(args.out), labelled)
     vol = np.abs(np.linalg.det(run["boxes"]))
-    pressure = -np.trace(run["stress"], axis1=1, axis2=2) / 3 * BAR_PER_EV_A3
+    pressure = -np.trace(run["stress"], axis1=1, axis2=2) / 3 / BAR
     print(f"wrote {len(labelled)} frames to {args.out}; engine virial pressure on them "
           f"{pressure.mean():+.0f} ± {pressure.std() / np.sqrt(len(pressure)):.0f} bar "
           f"(without the kinetic term), density {gen.density(n_mol, vol).mean():.4f} g/cm3")
