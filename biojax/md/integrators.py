@@ -29,7 +29,9 @@ A user integrator is any such factory, named by import path (``ensemble =
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -229,6 +231,17 @@ def nose_hoover(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: i
     return Integrator("nvt-nose-hoover", init, step, conserved, _no_box, 3 * n_atoms)
 
 
+@contextlib.contextmanager
+def _float32_sums():
+    """Silence JAX's warning that jax-md's ``high_precision_sum`` (kinetic energies in
+    the NPT code) asks for float64 in a float32 process; the sum stays float32, as it
+    would anyway, and the warning only alarms users at every compilation."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Explicitly requested dtype float64",
+                                category=UserWarning)
+        yield
+
+
 @integrators.register("npt")
 def npt(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: int = 3,
         **unused) -> Integrator:
@@ -242,14 +255,18 @@ def npt(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: int = 3,
     def init(key, R, mass, kT, momenta=None, box=None, **kw):
         if momenta is None:
             momenta = maxwell_boltzmann(key, mass, kT, R.shape, R.dtype, True)
-        return build(units.dt)[0](key, R, box, mass=mass, momenta=momenta, kT=kT, **kw)
+        with _float32_sums():
+            return build(units.dt)[0](key, R, box, mass=mass, momenta=momenta, kT=kT, **kw)
 
     def step(state, dt, kT, **kw):
         kw.pop("box", None)
-        return build(dt)[1](state, kT=kT, **kw)
+        with _float32_sums():
+            return build(dt)[1](state, kT=kT, **kw)
 
     def conserved(state, kT, **kw):
         kw.pop("box", None)
-        return simulate.npt_nose_hoover_invariant(energy_fn, state, units.pressure, kT, **kw)
+        with _float32_sums():
+            return simulate.npt_nose_hoover_invariant(energy_fn, state, units.pressure, kT,
+                                                      **kw)
 
     return Integrator("npt", init, step, conserved, simulate.npt_box, 3 * n_atoms)
