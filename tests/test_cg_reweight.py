@@ -172,6 +172,40 @@ def test_reweighting_config_table(tmp_path):
         load_config(str(path))
 
 
+def test_rdf_target_pair_counts_only_those_elements(tmp_path):
+    import ase.io
+
+    from biojax.cg.trainer import build_observables, load_config
+
+    water = ase.io.read(os.path.join(ROOT, "examples", "water", "start64.extxyz"))
+    (tmp_path / "g.csv").write_text("0 1\n10 1\n")
+    path = tmp_path / "w.toml"
+    path.write_text('[[targets]]\nkind = "rdf"\nfile = "g.csv"\nlength_unit = "angstrom"\n'
+                    'r_max = 6.0\nn_bins = 60\npair = ["O", "O"]\n')
+    cfg = load_config(str(path))
+    box = np.diag(water.cell.array)
+    built = build_observables(cfg, box, len(water), None, 0.025,
+                              numbers=water.get_atomic_numbers())
+    g = np.asarray(built.static["rdf"](water.positions[None].astype(np.float32)))[0]
+    # ∫ g 4πr² dr over 2.5-5.5 Å × (pairs / V) counts the O–O pairs in that shell
+    o = water.positions[water.numbers == 8]
+    d = o[:, None] - o[None]
+    d -= box * np.round(d / box)
+    r = np.sqrt((d ** 2).sum(-1))[np.triu_indices(len(o), 1)]
+    n_pairs = len(o) * (len(o) - 1) / 2
+    x = 0.05 + 0.1 * np.arange(60)
+    shell = (x > 2.5) & (x < 5.5)
+    counted = (g[shell] * 4 * np.pi * x[shell] ** 2 * 0.1).sum() * n_pairs / np.prod(box)
+    assert counted == pytest.approx(((r > 2.5) & (r < 5.5)).sum(), rel=0.03)
+    path.write_text(path.read_text().replace('["O", "O"]', '["O", "N"]'))
+    with pytest.raises(ConfigError, match="no N atoms"):
+        build_observables(load_config(str(path)), box, len(water), None, 0.025,
+                          numbers=water.get_atomic_numbers())
+    path.write_text(path.read_text().replace('["O", "N"]', '["O", "Q"]'))
+    with pytest.raises(ConfigError, match="unknown element symbol"):
+        load_config(str(path))
+
+
 def test_virial_pressure_matches_ase_lennard_jones():
     """make_pressure (virial, kinetic part from kT) against ASE's LennardJones stress."""
     from ase.calculators.lj import LennardJones
@@ -349,6 +383,33 @@ def cg_argon():
     from biojax.cg.potential import CGPotential
 
     return CGPotential(learned=spline_argon())
+
+
+def test_anchor_gradient_is_added_to_the_reweighting_gradient(tmp_path):
+    from biojax.cg.trainer import train_by_reweighting
+
+    cfg = _tiny_config(rdf_file=_rdf_file(tmp_path), iterations=1, optimizer="sgd",
+                       learning_rate=0.01)
+    quiet = lambda *a: None  # noqa: E731
+    v = jnp.asarray(np.random.default_rng(1).normal(size=spline_argon().params[
+        "energies"].shape), jnp.float32)
+    seen = []
+
+    def anchor(params, update):  # linear in the parameters: its gradient is v
+        seen.append(update)
+        return jnp.sum(params["energies"] * v)
+
+    plain = train_by_reweighting(cg_argon(), argon(), cfg, tmp_path / "plain", log=quiet)
+    fused = train_by_reweighting(cg_argon(), argon(), cfg, tmp_path / "fused", log=quiet,
+                                 anchor=anchor)
+    assert seen == [0]
+    np.testing.assert_allclose(np.asarray(fused["params"]["energies"]),
+                               np.asarray(plain["params"]["energies"]) - 0.01 * np.asarray(v),
+                               atol=1e-6)
+    row = fused["metrics"][0]
+    p0 = np.asarray(spline_argon().params["energies"])
+    assert row["anchor"] == pytest.approx(float(np.sum(p0 * np.asarray(v))), rel=1e-5)
+    assert row["loss"] == pytest.approx(plain["metrics"][0]["loss"] + row["anchor"], rel=1e-5)
 
 
 def test_trainer_resume_after_kill_matches_uninterrupted_run(tmp_path):

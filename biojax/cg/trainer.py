@@ -9,6 +9,12 @@ Loop (Thaler & Zavadlav 2021, Algorithm 1)::
         loss and gradient by reweighting (DiffTRe) or the relative-entropy gradient
         one optax update; log; checkpoint
 
+An ``anchor`` loss (``train_by_reweighting(..., anchor=fn)``) adds its gradient at every
+update: data fusion in the spirit of Röcken & Zavadlav (npj Comput. Mater. 10, 2024,
+doi:10.1038/s41524-024-01251-4, who alternate the two), here summed: a force-matching
+loss on reference frames keeps a learned potential's forces while DiffTRe moves its
+ensemble averages (``examples/water/refine_difftre.py``).
+
 ``[reweighting]`` (:class:`ReweightConfig`) holds the settings, read by
 ``biojax.core.config.load`` with ``table="reweighting"``. Targets are tables of
 ``[[reweighting.targets]]``: an RDF or ADF curve from a file (:func:`read_target`
@@ -65,7 +71,8 @@ class TargetConfig:
     "adf" (``file``: θ rad, p(θ); triplets within ``r_outer`` Å) or "pressure"
     (``value`` bar). ``fit_min``/``fit_max`` (Å or rad) limit the bins that enter the
     loss and the RMSE. ``weight`` multiplies the mean squared error (for the pressure:
-    per bar²).
+    per bar²). ``pair`` (two element symbols, e.g. ``["O", "O"]``) restricts an RDF to
+    the pairs between atoms of those elements (all atoms when unset).
     """
 
     kind: Literal["rdf", "adf", "pressure"]
@@ -81,10 +88,20 @@ class TargetConfig:
     fit_min: float | None = None
     fit_max: float | None = None
     name: str | None = None
+    pair: tuple[str, str] | None = None
 
     def __post_init__(self):
         if self.kind in ("rdf", "adf") and not self.file:
             raise ValueError(f"target {self.kind!r} needs a file")
+        if self.pair is not None:
+            from ase.data import atomic_numbers
+
+            if self.kind != "rdf" or len(self.pair) != 2:
+                raise ValueError(f"pair = {list(self.pair)}: only an rdf target takes a pair "
+                                 "of two element symbols")
+            unknown = [e for e in self.pair if e not in atomic_numbers]
+            if unknown:
+                raise ValueError(f"pair: unknown element symbol(s) {unknown}")
         if self.kind == "pressure" and self.value is None:
             raise ValueError("target 'pressure' needs a value (bar)")
         if self.weight < 0:
@@ -214,8 +231,9 @@ class _Observables:
 
 
 def build_observables(config: ReweightConfig, box, n_atoms: int, energy: Callable,
-                      kT: float, log: Callable = print) -> _Observables:
-    """The configured targets as observables on this system (box (3,) Å or None)."""
+                      kT: float, log: Callable = print, numbers=None) -> _Observables:
+    """The configured targets as observables on this system (box (3,) Å or None;
+    ``numbers`` (N,) atomic numbers, needed by an RDF target with a ``pair``)."""
     static, dynamic, targets, curves = {}, {}, [], {}
     for t in config.targets:
         name = t.label
@@ -224,8 +242,9 @@ def build_observables(config: ReweightConfig, box, n_atoms: int, energy: Callabl
             if data.note:
                 log(f"target {name}: {t.file}: {data.note}")
             if t.kind == "rdf":
+                groups = _pair_groups(t, numbers)
                 o = obs.RDF(None if box is None else tuple(box), t.r_max, t.n_bins,
-                            t.r_min, t.sigma)
+                            t.r_min, t.sigma, *groups)
                 batch = 4
             else:
                 o = obs.ADF(None if box is None else tuple(box), t.r_outer,
@@ -251,6 +270,23 @@ def build_observables(config: ReweightConfig, box, n_atoms: int, energy: Callabl
             dynamic[name] = lambda params, fr, p=p: p(fr[0], fr[1], params)
             targets.append(Target(name, jnp.float32(t.value), t.weight, None))
     return _Observables(static, dynamic, tuple(targets), curves)
+
+
+def _pair_groups(t: TargetConfig, numbers) -> tuple:
+    """(group_a, group_b) atom indices of an RDF target's ``pair`` (None, None: all)."""
+    if t.pair is None:
+        return None, None
+    from ase.data import atomic_numbers
+
+    numbers = np.asarray(numbers)
+    groups = []
+    for symbol in t.pair:
+        idx = np.flatnonzero(numbers == atomic_numbers[symbol])
+        if idx.size == 0:
+            raise ConfigError(f"target {t.label}: pair {list(t.pair)}, but the system has "
+                              f"no {symbol} atoms")
+        groups.append(tuple(idx.tolist()))
+    return tuple(groups)
 
 
 def _adf_checked(fn, adf: obs.ADF):
@@ -287,7 +323,8 @@ def train_by_reweighting(model, start: ase.Atoms | Sequence[ase.Atoms],
                          config: ReweightConfig, workdir: str, resume: bool = False,
                          progress: bool = False, log: Callable = print,
                          reference_frames=None, prior_energy: Callable | None = None,
-                         stop_after: int | None = None) -> dict:
+                         stop_after: int | None = None,
+                         anchor: Callable | None = None) -> dict:
     """Train ``model``'s parameters by reweighting (see module doc).
 
     Args:
@@ -304,6 +341,11 @@ def train_by_reweighting(model, start: ase.Atoms | Sequence[ase.Atoms],
         ``fn(R, **kw)`` eV, added to a plain Potential.
       stop_after: stop after this many updates in this call (time-boxed runs; tests
         use it to simulate a kill); the checkpoint lets a later call resume.
+      anchor: an extra loss ``anchor(params, update) -> scalar`` added to the
+        reweighting loss at every update (its gradient with ``jax.grad``; ``update`` is
+        the 0-based update number, e.g. to cycle through batches). Fused training: a
+        force-matching loss on reference frames keeps a learned potential's forces
+        while DiffTRe moves its ensemble averages. Logged as ``anchor``.
 
     Returns a dict: ``model`` (trained, same type as given), ``params``, ``metrics``
     (list of dicts), ``samples`` (trajectories sampled), ``completed``, ``wall_s``.
@@ -312,13 +354,14 @@ def train_by_reweighting(model, start: ase.Atoms | Sequence[ase.Atoms],
     os.makedirs(workdir, exist_ok=True)
     with RunLock(workdir, "reweighting"):
         return _Trainer(model, start, config, workdir, progress, log, reference_frames,
-                        prior_energy).run(resume, stop_after)
+                        prior_energy, anchor).run(resume, stop_after)
 
 
 class _Trainer:
     def __init__(self, model, start, config: ReweightConfig, workdir: str, progress: bool,
-                 log: Callable, reference_frames, prior_energy):
+                 log: Callable, reference_frames, prior_energy, anchor=None):
         self.model, self.cfg, self.workdir = model, config, workdir
+        self.anchor = anchor
         self.progress, self.log = progress, log
         learned, _ = _parts(model)
         self.learned = learned
@@ -345,7 +388,7 @@ class _Trainer:
             self.sampler.space.box, np.float64)
         self.n_atoms = len(numbers)
         self.observables = build_observables(config, box, self.n_atoms, self.energy,
-                                             self.kT, log)
+                                             self.kT, log, numbers)
         if config.method == "relative-entropy":
             if reference_frames is None:
                 raise ConfigError("method 'relative-entropy' needs reference_frames "
@@ -551,7 +594,7 @@ class _Trainer:
                                 frame_capacity=self.frame_capacity,
                                 ref_capacity=self.ref_capacity)
                     fresh = True
-                grads, info = self._gradient(params, ref)
+                grads, info = self._gradient(params, ref, meta["iteration"])
                 n_frames = int(ref["u_ref"].shape[0])
                 frac = info["n_eff"] / n_frames
                 if not fresh and frac < cfg.ess_threshold:
@@ -565,7 +608,7 @@ class _Trainer:
                 done_here += 1
                 row = {"iteration": meta["iteration"], "loss": info.get("loss"),
                        **{f"rmse_{k}": v for k, v in info["rmse"].items()},
-                       **{k: info[k] for k in ("pressure_bar", "delta_srel",
+                       **{k: info[k] for k in ("pressure_bar", "delta_srel", "anchor",
                                                "grad_norm") if k in info},
                        "n_eff": info["n_eff"], "n_eff_fraction": frac,
                        "resampled": fresh, "samples": meta["samples"],
@@ -599,7 +642,7 @@ class _Trainer:
                 "sampler_traces": self.sampler.traces,
                 "sampler_overflows": self.sampler.overflows}
 
-    def _gradient(self, params, ref) -> tuple[Any, dict]:
+    def _gradient(self, params, ref, update: int = 0) -> tuple[Any, dict]:
         """Gradient and a dict of plain floats (loss, rmse, n_eff, ...)."""
         out: dict = {"rmse": {}}
         if self.cfg.method == "difftre":
@@ -619,6 +662,12 @@ class _Trainer:
         for t in self.cfg.targets:
             if t.kind == "pressure":
                 out["pressure_bar"] = float(aux["averages"][t.label])
+        if self.anchor is not None:
+            value, extra = jax.value_and_grad(self.anchor)(params, update)
+            grads = jax.tree_util.tree_map(jnp.add, grads, extra)
+            out["anchor"] = float(value)
+            if out["loss"] is not None:
+                out["loss"] += out["anchor"]
         out["grad_norm"] = float(optax.tree.norm(grads))
         if not all(np.all(np.isfinite(np.asarray(x)))
                    for x in jax.tree_util.tree_leaves(grads)):
