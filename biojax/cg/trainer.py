@@ -278,6 +278,9 @@ def _pair_groups(t: TargetConfig, numbers) -> tuple:
         return None, None
     from ase.data import atomic_numbers
 
+    if numbers is None:
+        raise ConfigError(f"target {t.label}: pair {list(t.pair)} needs the system's atomic "
+                          "numbers (build_observables(..., numbers=...))")
     numbers = np.asarray(numbers)
     groups = []
     for symbol in t.pair:
