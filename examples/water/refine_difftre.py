@@ -9,7 +9,7 @@ reweighted ensemble averages with respect to the model's parameters and updates 
 sampling again with the updated model when the weights degenerate:
 
     python3 examples/water/refine_difftre.py examples/water/model_iter1 \\
-        --out runs/water_difftre [--resume] [--set reweighting.iterations=12]
+        --out runs/water_fused [--resume] [--set iterations=16] [--anchor-scale 0]
 
 Targets (``difftre.toml``): the virial pressure at the reference density, 1 bar (the
 start box, ``start64.extxyz``, is at the engine's NPT density), and the engine's O–O
@@ -17,7 +17,9 @@ g(r) over 2–6 Å, ``g_oo_reference.csv``, which ``--make-target`` recomputes f
 shipped 300 K NPT frames. Sampling: Langevin NVT at 300 K with hydrogen mass
 repartitioning to 4 amu (configurational averages do not depend on masses). The refined
 model is written to ``OUT/potential/``; ``OUT/metrics.csv`` has the reweighted pressure
-and g(r) RMSE per update. Killed runs continue with ``--resume``.
+and g(r) RMSE per update. Killed runs continue with ``--resume``. By default a
+force-matching anchor (``--anchor-scale``, :func:`make_anchor`) is added at every update;
+``--anchor-scale 0`` runs DiffTRe alone.
 """
 
 from __future__ import annotations
