@@ -197,6 +197,8 @@ def test_rdf_target_pair_counts_only_those_elements(tmp_path):
     shell = (x > 2.5) & (x < 5.5)
     counted = (g[shell] * 4 * np.pi * x[shell] ** 2 * 0.1).sum() * n_pairs / np.prod(box)
     assert counted == pytest.approx(((r > 2.5) & (r < 5.5)).sum(), rel=0.03)
+    with pytest.raises(ConfigError, match="needs the system's atomic numbers"):
+        build_observables(cfg, box, len(water), None, 0.025)
     path.write_text(path.read_text().replace('["O", "O"]', '["O", "N"]'))
     with pytest.raises(ConfigError, match="no N atoms"):
         build_observables(load_config(str(path)), box, len(water), None, 0.025,
