@@ -29,8 +29,8 @@ A user integrator is any such factory, named by import path (``ensemble =
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import warnings
 from typing import Callable, NamedTuple
 
@@ -136,21 +136,42 @@ def maxwell_boltzmann(key, mass, kT, shape, dtype, remove_com: bool):
     return _center(p, mass) if remove_com and shape[0] > 1 else p
 
 
+def _float32_sums(fn: Callable | None) -> Callable | None:
+    """``fn`` with JAX's warning silenced that jax-md's ``high_precision_sum`` (kinetic
+    energies in its Nosé–Hoover and NPT code) asks for float64 in a float32 process: the
+    sum stays float32, as it would anyway, and the warning only alarmed users at every
+    compilation. Other warnings pass."""
+    if fn is None:
+        return None
+
+    @functools.wraps(fn)
+    def quiet(*args, **kw):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Explicitly requested dtype float64",
+                                    category=UserWarning)
+            return fn(*args, **kw)
+
+    return quiet
+
+
 def build_integrator(factory, energy_fn: Callable, shift_fn: Callable, units: Units,
                      n_atoms: int, chain_length: int = 3, name: str = "custom") -> Integrator:
     """Call an integrator factory and normalise what it returns into an Integrator
     (an ``(init_fn, step_fn)`` pair gets E_pot + E_kin as its conserved quantity and
-    3N degrees of freedom)."""
+    3N degrees of freedom), its functions free of jax-md's float64-request warning."""
     built = factory(energy_fn, shift_fn, units=units, n_atoms=n_atoms,
                     chain_length=chain_length)
-    if isinstance(built, Integrator):
-        return built
-    try:
-        init, step = built
-    except (TypeError, ValueError):
-        raise ConfigError(f"integrator {name!r}: the factory must return an Integrator or "
-                          f"an (init_fn, step_fn) pair, got {type(built).__name__}") from None
-    return Integrator(name, init, step, None, _no_box, 3 * n_atoms)
+    if not isinstance(built, Integrator):
+        try:
+            init, step = built
+        except (TypeError, ValueError):
+            raise ConfigError(f"integrator {name!r}: the factory must return an Integrator "
+                              f"or an (init_fn, step_fn) pair, got {type(built).__name__}"
+                              ) from None
+        built = Integrator(name, init, step, None, _no_box, 3 * n_atoms)
+    return dataclasses.replace(built, init=_float32_sums(built.init),
+                               step=_float32_sums(built.step),
+                               conserved=_float32_sums(built.conserved))
 
 
 def _dof(n_atoms: int, remove_com: bool) -> int:
@@ -231,17 +252,6 @@ def nose_hoover(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: i
     return Integrator("nvt-nose-hoover", init, step, conserved, _no_box, 3 * n_atoms)
 
 
-@contextlib.contextmanager
-def _float32_sums():
-    """Silence JAX's warning that jax-md's ``high_precision_sum`` (kinetic energies in
-    the NPT code) asks for float64 in a float32 process; the sum stays float32, as it
-    would anyway, and the warning only alarms users at every compilation."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Explicitly requested dtype float64",
-                                category=UserWarning)
-        yield
-
-
 @integrators.register("npt")
 def npt(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: int = 3,
         **unused) -> Integrator:
@@ -255,18 +265,14 @@ def npt(energy_fn, shift_fn, units: Units, n_atoms: int, chain_length: int = 3,
     def init(key, R, mass, kT, momenta=None, box=None, **kw):
         if momenta is None:
             momenta = maxwell_boltzmann(key, mass, kT, R.shape, R.dtype, True)
-        with _float32_sums():
-            return build(units.dt)[0](key, R, box, mass=mass, momenta=momenta, kT=kT, **kw)
+        return build(units.dt)[0](key, R, box, mass=mass, momenta=momenta, kT=kT, **kw)
 
     def step(state, dt, kT, **kw):
         kw.pop("box", None)
-        with _float32_sums():
-            return build(dt)[1](state, kT=kT, **kw)
+        return build(dt)[1](state, kT=kT, **kw)
 
     def conserved(state, kT, **kw):
         kw.pop("box", None)
-        with _float32_sums():
-            return simulate.npt_nose_hoover_invariant(energy_fn, state, units.pressure, kT,
-                                                      **kw)
+        return simulate.npt_nose_hoover_invariant(energy_fn, state, units.pressure, kT, **kw)
 
     return Integrator("npt", init, step, conserved, simulate.npt_box, 3 * n_atoms)
