@@ -67,32 +67,37 @@ def make_target(path: str = TARGET, r_min: float = 2.0, r_max: float = 6.0,
     print(f"wrote {path}")
 
 
-def make_anchor(potential, files, batch_size: int = 8, scale: float = 10.0, seed: int = 0):
-    """anchor(params, update) → ``scale`` × the force-matching loss (energy per atom × 1,
-    forces × 100, stress × 10⁶, the weights of ``train_painn*.toml``) on the update's
-    batch of engine-labelled frames from ``files`` (a seeded cycle through them): the
-    fused-training term that keeps the model's forces while DiffTRe moves its averages."""
+def make_anchor(potential, train_config: str, batch_size: int = 8, scale: float = 10.0,
+                seed: int = 0):
+    """anchor(params, update) → ``scale`` × the force-matching loss of ``train_config``
+    (a ``biojax train`` TOML: its loss weights, its ``train_file`` and
+    ``extra_train_files``) on the update's batch of engine-labelled frames (a seeded cycle
+    through them): the fused-training term that keeps the model's forces while DiffTRe
+    moves its averages."""
     import jax
 
     from biojax.data.graphs import GraphDataset
     from biojax.data.io import read_dataset
-    from biojax.train.losses import combine, energy, forces, predict, stress
+    from biojax.train.config import load_train_config
+    from biojax.train.losses import predict
 
+    config = load_train_config(train_config)
+    loss = config.training.make_loss()
+    files = [config.data.train_file, *config.data.extra_train_files]
     structures = [s for f in files for s in read_dataset(f)]
     data = GraphDataset(structures, potential.cutoff, potential.species_of,
                         potential.reference_energy)
-    loss = combine(energy(1.0), forces(100.0), stress(1e6))
     order = np.random.default_rng(seed).permutation(len(data))
     value = jax.jit(lambda params, batch: scale * loss.value(
-        predict(potential, params, batch, True), batch))
+        predict(potential, params, batch, loss.needs_stress), batch))
 
     def anchor(params, update):
         start = (update * batch_size) % (len(order) - batch_size + 1)
         batch = next(data.batches(batch_size, order[start:start + batch_size]))
         return value(params, batch)
 
-    print(f"anchor: {len(data)} engine-labelled frames, {batch_size} per update, "
-          f"scale {scale}")
+    print(f"anchor: {len(data)} engine-labelled frames of {train_config}, {batch_size} "
+          f"per update, scale {scale}")
     return anchor
 
 
@@ -128,9 +133,8 @@ def main(argv=None) -> int:
     start.set_masses(repartitioned_masses(start, 4.0))
     anchor = None
     if args.anchor_scale > 0:
-        files = [os.path.join(HERE, "..", "data", "water", f)
-                 for f in ("water64.extxyz.xz", "water64_model_frames.extxyz.xz")]
-        anchor = make_anchor(model, files, args.anchor_batch, args.anchor_scale)
+        anchor = make_anchor(model, os.path.join(HERE, "train_painn_iter1.toml"),
+                             args.anchor_batch, args.anchor_scale)
     result = train_by_reweighting(model, start, config, args.out, resume=args.resume,
                                   progress=True, anchor=anchor)
     rows = result["metrics"]
